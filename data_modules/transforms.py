@@ -1,0 +1,97 @@
+"""Clip transforms: one crop box and one flip decision shared by every frame.
+
+Pure numpy/torch, no decoding. Randomness always comes from a caller-supplied
+numpy Generator, so a sample's augmentation is a function of its seed alone.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def random_resized_crop_box(
+    rng: np.random.Generator,
+    height: int,
+    width: int,
+    scale: tuple[float, float] = (0.3, 1.0),
+    ratio: tuple[float, float] = (0.75, 1.35),
+) -> tuple[int, int, int, int]:
+    """(top, left, h, w) of a random crop, with torchvision's RandomResizedCrop rules.
+
+    Area fraction ~ U(scale), aspect ratio w/h log-uniform in `ratio`; 10 tries to
+    fit inside the frame, then a centre crop of the whole frame clamped to `ratio`.
+    """
+    area = height * width
+    log_ratio = (math.log(ratio[0]), math.log(ratio[1]))
+    for _ in range(10):
+        target_area = area * rng.uniform(scale[0], scale[1])
+        aspect = math.exp(rng.uniform(log_ratio[0], log_ratio[1]))
+        w = int(round(math.sqrt(target_area * aspect)))
+        h = int(round(math.sqrt(target_area / aspect)))
+        if 0 < w <= width and 0 < h <= height:
+            top = int(rng.integers(0, height - h + 1))
+            left = int(rng.integers(0, width - w + 1))
+            return top, left, h, w
+
+    # Fallback: the whole frame, trimmed to the nearest allowed aspect ratio.
+    frame_ratio = width / height
+    if frame_ratio < ratio[0]:
+        w, h = width, int(round(width / ratio[0]))
+    elif frame_ratio > ratio[1]:
+        w, h = int(round(height * ratio[1])), height
+    else:
+        w, h = width, height
+    return (height - h) // 2, (width - w) // 2, h, w
+
+
+def center_crop_box(height: int, width: int) -> tuple[int, int, int, int]:
+    """(top, left, h, w) of the largest centred square.
+
+    Resized to the output size afterwards, this equals the usual eval transform
+    'resize the short side, then centre crop'.
+    """
+    side = min(height, width)
+    return (height - side) // 2, (width - side) // 2, side, side
+
+
+def clip_to_tensor(
+    frames_uint8: np.ndarray,
+    box: tuple[int, int, int, int],
+    out_size: int,
+    hflip: bool,
+    mean: tuple[float, float, float] = IMAGENET_MEAN,
+    std: tuple[float, float, float] = IMAGENET_STD,
+) -> torch.Tensor:
+    """uint8 frames [T, H, W, 3] -> normalised float32 [3, T, out_size, out_size].
+
+    Ordered for speed: crop on the uint8 array, convert and normalise the crop
+    (bilinear weights sum to 1, so normalising before the resize gives the same
+    result, and video crops are usually smaller than out_size), then resize
+    straight into the [3, T, S, S] layout the model wants.
+    """
+    if frames_uint8.ndim != 4 or frames_uint8.shape[-1] != 3:
+        raise ValueError(f"expected frames of shape [T, H, W, 3], got {tuple(frames_uint8.shape)}")
+    top, left, h, w = box
+    crop = torch.from_numpy(frames_uint8[:, top : top + h, left : left + w])
+    num_frames = crop.shape[0]
+    x = torch.empty((3, num_frames, h, w), dtype=torch.float32)
+    x.copy_(crop.permute(3, 0, 1, 2))  # layout change and uint8 -> float in one pass
+    # (x / 255 - mean) / std as one multiply and one subtract.
+    mean_t = torch.tensor(mean, dtype=torch.float32).view(3, 1, 1, 1)
+    std_t = torch.tensor(std, dtype=torch.float32).view(3, 1, 1, 1)
+    x.mul_(1.0 / (255.0 * std_t)).sub_(mean_t / std_t)
+    if (h, w) != (out_size, out_size):
+        # interpolate wants [N, C, H, W]: treat the 3*T channel-frames as channels.
+        x = F.interpolate(x.view(1, 3 * num_frames, h, w), size=(out_size, out_size), mode="bilinear",
+                          align_corners=False, antialias=False).view(3, num_frames, out_size, out_size)
+    if hflip:
+        # After the resize, so a flipped sample is the exact mirror of the unflipped one.
+        x = x.flip(-1)
+    return x
