@@ -1,0 +1,193 @@
+"""Vision Transformer for images and video clips, plain PyTorch.
+
+Parameter names follow the official V-JEPA / I-JEPA layout (patch_embed.proj, blocks.i.attn.qkv,
+blocks.i.mlp.fc1, norm, ...) so their checkpoints map onto ours by stripping prefixes.
+"""
+
+import math
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from arjepa_pl.models.pos_embed import sincos_pos_embed
+
+# Sizes from the ViT / V-JEPA papers (width, depth, heads).
+VIT_PRESETS: dict[str, dict[str, int]] = {
+    "tiny": dict(embed_dim=192, depth=12, num_heads=3),
+    "small": dict(embed_dim=384, depth=12, num_heads=6),
+    "base": dict(embed_dim=768, depth=12, num_heads=12),
+    "large": dict(embed_dim=1024, depth=24, num_heads=16),
+    "huge": dict(embed_dim=1280, depth=32, num_heads=16),
+}
+
+
+class Attention(nn.Module):
+    def __init__(self, dim: int, num_heads: int, qkv_bias: bool = True):
+        super().__init__()
+        if dim % num_heads:
+            raise ValueError(f"width {dim} is not divisible by {num_heads} heads")
+        self.num_heads = num_heads
+        self.qkv = nn.Linear(dim, 3 * dim, bias=qkv_bias)
+        self.proj = nn.Linear(dim, dim)
+
+    def forward(self, x: torch.Tensor, attn_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+        B, N, D = x.shape
+        qkv = self.qkv(x).view(B, N, 3, self.num_heads, D // self.num_heads).permute(2, 0, 3, 1, 4)
+        q, k, v = qkv.unbind(0)  # each [B, heads, N, head_dim]
+        # attn_mask: boolean, True = may attend; broadcast over batch and heads ([N, N] or [B, 1, N, N]).
+        x = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)
+        return self.proj(x.transpose(1, 2).reshape(B, N, D))
+
+
+class MLP(nn.Module):
+    def __init__(self, dim: int, hidden: int):
+        super().__init__()
+        self.fc1 = nn.Linear(dim, hidden)
+        self.fc2 = nn.Linear(hidden, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(F.gelu(self.fc1(x)))
+
+
+class Block(nn.Module):
+    """Pre-LN transformer block: x + attn(LN(x)), then x + mlp(LN(x))."""
+
+    def __init__(self, dim: int, num_heads: int, mlp_ratio: float = 4.0, qkv_bias: bool = True, norm_eps: float = 1e-6):
+        super().__init__()
+        self.norm1 = nn.LayerNorm(dim, eps=norm_eps)
+        self.attn = Attention(dim, num_heads, qkv_bias)
+        self.norm2 = nn.LayerNorm(dim, eps=norm_eps)
+        self.mlp = MLP(dim, int(dim * mlp_ratio))
+
+    def forward(self, x: torch.Tensor, attn_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+        x = x + self.attn(self.norm1(x), attn_mask)
+        return x + self.mlp(self.norm2(x))
+
+
+def init_transformer_weights(module: nn.Module, blocks: nn.ModuleList) -> None:
+    """Truncated-normal(0.02) weights, zero biases, unit LayerNorms; then each block's residual output
+    projections are divided by sqrt(2 * layer) so the residual stream's variance does not grow with depth."""
+    for m in module.modules():
+        if isinstance(m, (nn.Linear, nn.Conv2d, nn.Conv3d)):
+            nn.init.trunc_normal_(m.weight, std=0.02)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.LayerNorm):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+    with torch.no_grad():
+        for layer, block in enumerate(blocks, start=1):
+            block.attn.proj.weight.div_(math.sqrt(2.0 * layer))
+            block.mlp.fc2.weight.div_(math.sqrt(2.0 * layer))
+
+
+def gather_tokens(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """x [B, N, D], index [B, K] -> [B, K, D]."""
+    return torch.gather(x, 1, index.unsqueeze(-1).expand(-1, -1, x.size(-1)))
+
+
+class PositionTables(nn.Module):
+    """Caches sin-cos tables per (grid, device, dtype); they are pure functions of the grid, so they
+    are never saved in checkpoints and any clip length or resolution works."""
+
+    def __init__(self, dim: int, uniform_power: bool):
+        super().__init__()
+        self.dim, self.uniform_power = dim, uniform_power
+        self._cache: dict[tuple, torch.Tensor] = {}
+
+    def forward(self, grid: tuple[int, ...], device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+        key = (tuple(grid), device, dtype)
+        if key not in self._cache:
+            self._cache[key] = sincos_pos_embed(grid, self.dim, self.uniform_power).to(device=device, dtype=dtype)
+        return self._cache[key]
+
+
+class VisionTransformer(nn.Module):
+    """ViT encoder over video clips [B, C, T, H, W] (tubelet patches) or images [B, C, H, W].
+
+    `preset` fills embed_dim / depth / num_heads (any of them given explicitly wins).
+    `forward(x, keep)` runs only the tokens whose flat indices are in `keep` [B, K] — the JEPA context
+    encoder sees its visible tokens only, which is where most of its speed comes from.
+    """
+
+    def __init__(
+        self,
+        preset: Optional[str] = None,
+        embed_dim: Optional[int] = None,
+        depth: Optional[int] = None,
+        num_heads: Optional[int] = None,
+        mlp_ratio: float = 4.0,
+        patch_size: int = 16,
+        tubelet_size: int = 2,
+        in_chans: int = 3,
+        video: bool = True,
+        qkv_bias: bool = True,
+        uniform_power: bool = True,
+        norm_eps: float = 1e-6,
+    ):
+        super().__init__()
+        if preset is not None and preset not in VIT_PRESETS:
+            raise ValueError(f"unknown ViT preset {preset!r}; choose one of {sorted(VIT_PRESETS)}")
+        sizes = dict(VIT_PRESETS.get(preset, {}))
+        for name, value in (("embed_dim", embed_dim), ("depth", depth), ("num_heads", num_heads)):
+            if value is not None:
+                sizes[name] = value
+        missing = [n for n in ("embed_dim", "depth", "num_heads") if n not in sizes]
+        if missing:
+            raise ValueError(f"VisionTransformer needs a preset or explicit {', '.join(missing)}")
+        self.embed_dim, self.depth, self.num_heads = sizes["embed_dim"], sizes["depth"], sizes["num_heads"]
+        self.patch_size, self.tubelet_size, self.video = patch_size, (tubelet_size if video else 1), video
+        # Everything needed to rebuild this module (exported with checkpoints).
+        self.config = dict(
+            embed_dim=self.embed_dim, depth=self.depth, num_heads=self.num_heads, mlp_ratio=mlp_ratio,
+            patch_size=patch_size, tubelet_size=tubelet_size, in_chans=in_chans, video=video,
+            qkv_bias=qkv_bias, uniform_power=uniform_power, norm_eps=norm_eps,
+        )
+
+        self.patch_embed = nn.Module()
+        if video:
+            kernel = (tubelet_size, patch_size, patch_size)
+            self.patch_embed.proj = nn.Conv3d(in_chans, self.embed_dim, kernel_size=kernel, stride=kernel)
+        else:
+            self.patch_embed.proj = nn.Conv2d(in_chans, self.embed_dim, kernel_size=patch_size, stride=patch_size)
+        self.pos_embed = PositionTables(self.embed_dim, uniform_power)
+        self.blocks = nn.ModuleList(
+            Block(self.embed_dim, self.num_heads, mlp_ratio, qkv_bias, norm_eps) for _ in range(self.depth)
+        )
+        self.norm = nn.LayerNorm(self.embed_dim, eps=norm_eps)
+        init_transformer_weights(self, self.blocks)
+
+    def token_grid(self, shape: torch.Size) -> tuple[int, ...]:
+        """Token grid (T', H', W') or (H', W') of an input of `shape`, checking divisibility."""
+        spatial = tuple(shape[-2:])
+        if self.video:
+            if len(shape) != 5:
+                raise ValueError(f"video encoder expects [B, C, T, H, W], got {tuple(shape)}")
+            dims, sizes = (shape[2],) + spatial, (self.tubelet_size, self.patch_size, self.patch_size)
+        else:
+            if len(shape) != 4:
+                raise ValueError(f"image encoder expects [B, C, H, W], got {tuple(shape)}")
+            dims, sizes = spatial, (self.patch_size, self.patch_size)
+        if any(d % s for d, s in zip(dims, sizes)):
+            raise ValueError(f"input size {tuple(dims)} is not divisible by patch size {sizes}")
+        return tuple(d // s for d, s in zip(dims, sizes))
+
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        """Patchify and add positions: [B, C, (T,) H, W] -> [B, N, D]."""
+        grid = self.token_grid(x.shape)
+        tokens = self.patch_embed.proj(x).flatten(2).transpose(1, 2)
+        return tokens + self.pos_embed(grid, tokens.device, tokens.dtype)
+
+    def forward_tokens(self, tokens: torch.Tensor, attn_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """Run the blocks and the final norm on already embedded tokens [B, N, D]."""
+        for block in self.blocks:
+            tokens = block(tokens, attn_mask)
+        return self.norm(tokens)
+
+    def forward(self, x: torch.Tensor, keep: Optional[torch.Tensor] = None) -> torch.Tensor:
+        tokens = self.embed(x)
+        if keep is not None:
+            tokens = gather_tokens(tokens, keep)
+        return self.forward_tokens(tokens)
