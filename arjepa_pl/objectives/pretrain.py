@@ -1,0 +1,109 @@
+"""What every pretraining objective shares: AdamW with V-JEPA's parameter groups and per-step LR,
+weight-decay schedules that resume exactly, and checkpoints free of pickled modules."""
+
+import inspect
+import warnings
+from dataclasses import asdict, is_dataclass
+from typing import Optional
+
+import lightning.pytorch as L
+import torch
+from torch import nn
+
+from arjepa_pl import schedules
+
+
+def decay_groups(module: nn.Module) -> tuple[list[nn.Parameter], list[nn.Parameter]]:
+    """(with decay, without decay): biases and 1-D parameters (norms) are not decayed."""
+    decay, no_decay = [], []
+    for name, p in module.named_parameters():
+        if not p.requires_grad:
+            continue
+        (no_decay if p.ndim < 2 or name.endswith(".bias") else decay).append(p)
+    return decay, no_decay
+
+
+class PretrainObjective(L.LightningModule):
+    """Base LightningModule: optimiser, schedules and hyper-parameter bookkeeping.
+
+    Subclasses call `self.save_init_args()` first in their __init__, build their networks, and
+    implement training_step / validation_step.
+    """
+
+    def __init__(
+        self,
+        lr: float = 6.25e-4,
+        start_lr: float = 2e-4,
+        final_lr: float = 1e-6,
+        warmup_steps: int = 0,
+        weight_decay: float = 0.04,
+        final_weight_decay: float = 0.4,
+        betas: tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-8,
+        total_steps: Optional[int] = None,
+    ):
+        super().__init__()
+        if warmup_steps < 0:
+            raise ValueError(f"warmup_steps must be >= 0, got {warmup_steps}")
+        if total_steps is not None and total_steps < 1:
+            raise ValueError(f"total_steps must be >= 1, got {total_steps}")
+        self.lr, self.start_lr, self.final_lr, self.warmup_steps = lr, start_lr, final_lr, warmup_steps
+        self.weight_decay, self.final_weight_decay = weight_decay, final_weight_decay
+        self.betas, self.eps = tuple(betas), eps
+        self._total_steps = total_steps
+
+    def save_init_args(self) -> None:
+        """save_hyperparameters() for the calling __init__, made checkpoint-safe.
+
+        Under LightningCLI the hparams are the parsed config. Built directly, they would hold the
+        live objects passed in: modules become their rebuild config and dataclasses dicts, so
+        checkpoints load with weights_only=True (hence Lightning's nn.Module warning is moot).
+        """
+        caller = inspect.currentframe().f_back
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*is an instance of `nn.Module`")
+            self.save_hyperparameters(frame=caller)
+        for key, value in list(self.hparams.items()):
+            if isinstance(value, nn.Module):
+                cls = type(value)
+                self.hparams[key] = {"class_path": f"{cls.__module__}.{cls.__qualname__}",
+                                     "init_args": dict(getattr(value, "config", {}))}
+            elif isinstance(value, (list, tuple)) and any(is_dataclass(v) for v in value):
+                self.hparams[key] = [asdict(v) if is_dataclass(v) else v for v in value]
+
+    @property
+    def total_steps(self) -> int:
+        """Optimizer steps the schedules span: given, or what the trainer will run."""
+        if self._total_steps is not None:
+            return self._total_steps
+        steps = self.trainer.estimated_stepping_batches
+        if steps == float("inf"):
+            raise ValueError("set trainer.max_steps (or max_epochs), or the objective's total_steps: "
+                             "the LR / weight-decay / EMA schedules need a finite length")
+        return int(steps)
+
+    def lr_at(self, step: int) -> float:
+        return schedules.warmup_cosine(step, self.warmup_steps, self.total_steps, self.start_lr, self.lr, self.final_lr)
+
+    def weight_decay_at(self, step: int) -> float:
+        return schedules.cosine(step, self.total_steps, self.weight_decay, self.final_weight_decay)
+
+    def configure_optimizers(self):
+        decay, no_decay = decay_groups(self)
+        groups = [
+            {"params": decay, "weight_decay": self.weight_decay, "decayed": True},
+            {"params": no_decay, "weight_decay": 0.0, "decayed": False},
+        ]
+        return torch.optim.AdamW(groups, lr=self.start_lr, betas=self.betas, eps=self.eps)
+
+    def on_train_batch_start(self, batch, batch_idx: int) -> None:
+        # Set every micro-batch; the values depend only on the optimizer step, so gradient
+        # accumulation sees the same LR for all micro-batches of one step.
+        step = self.trainer.global_step
+        lr, wd = self.lr_at(step), self.weight_decay_at(step)
+        for optimizer in self.trainer.optimizers:
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+                if group.get("decayed", True):
+                    group["weight_decay"] = wd
+        self.log_dict({"train/lr": lr, "train/weight_decay": wd}, on_step=True, on_epoch=False)
