@@ -1,0 +1,36 @@
+"""`python -m arjepa_pl fit|validate|test|predict --config FILE [--key value ...]`.
+
+One LightningCLI serves every objective: the model and the data module are chosen by `class_path`
+in the YAML. Config files and command-line overrides are merged first and OmegaConf interpolations
+(`${trainer.default_root_dir}`) resolved after, so overriding one key updates everything derived
+from it. A key the chosen classes do not accept is an error naming it.
+"""
+
+from typing import Optional
+
+import lightning.pytorch as L
+from lightning.pytorch.cli import LightningCLI
+
+
+class ArJepaCLI(LightningCLI):
+    def __init__(self, args: Optional[list[str]] = None, run: bool = True, **kwargs):
+        super().__init__(
+            model_class=L.LightningModule,
+            datamodule_class=L.LightningDataModule,
+            subclass_mode_model=True,
+            subclass_mode_data=True,
+            # Requeued SLURM jobs write config.yaml into the same run directory again.
+            save_config_kwargs={"overwrite": True},
+            # Every subcommand parses the config files, so each needs the mode, not just the root parser.
+            parser_kwargs={"parser_mode": "omegaconf+", **{name: {"parser_mode": "omegaconf+"} for name in self.subcommands()}},
+            # Objectives own their optimiser and per-step schedules.
+            auto_configure_optimizers=False,
+            args=args,
+            run=run,
+            **kwargs,
+        )
+
+
+def main(args: Optional[list[str]] = None) -> None:
+    """Entry point; `args` None reads sys.argv."""
+    ArJepaCLI(args=args)
