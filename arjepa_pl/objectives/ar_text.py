@@ -23,7 +23,8 @@ class ARText(PretrainObjective):
         model: the byte-level GPT.
         max_new_bytes / temperature / top_k: how `predict` samples (temperature 0 = greedy).
         sample_seed: seed of the sampling generator, so a predict run is reproducible.
-        Remaining args: optimiser and schedules, see PretrainObjective.
+        optim_args: optimiser and schedules (lr, start_lr, final_lr, warmup_steps, weight_decay,
+            final_weight_decay, betas, eps, total_steps), see PretrainObjective.
     """
 
     def __init__(
@@ -33,17 +34,9 @@ class ARText(PretrainObjective):
         temperature: float = 0.8,
         top_k: Optional[int] = 50,
         sample_seed: int = 0,
-        lr: float = 1e-3,
-        start_lr: float = 1e-4,
-        final_lr: float = 1e-5,
-        warmup_steps: int = 0,
-        weight_decay: float = 0.04,
-        final_weight_decay: float = 0.1,
-        betas: tuple[float, float] = (0.9, 0.95),
-        eps: float = 1e-8,
-        total_steps: Optional[int] = None,
+        **optim_args,
     ):
-        super().__init__(lr, start_lr, final_lr, warmup_steps, weight_decay, final_weight_decay, betas, eps, total_steps)
+        super().__init__(**optim_args)
         if max_new_bytes < 1:
             raise ValueError(f"max_new_bytes must be >= 1, got {max_new_bytes}")
         self.save_init_args()

@@ -31,11 +31,12 @@ class NextStepObjective(PretrainObjective):
             inside the prefix are left out of the loss.
         rollout_context_frames: frames given as context to `predict` rollouts; the rest of the clip
             is generated and compared with the truth.
+        optim_args: optimiser and schedules, see PretrainObjective.
     """
 
     def __init__(self, encoder: VisionTransformer, out_dim: int, head_hidden: Optional[int], prefix_steps: int,
-                 rollout_context_frames: int, *optim_args):
-        super().__init__(*optim_args)
+                 rollout_context_frames: int, **optim_args):
+        super().__init__(**optim_args)
         if not encoder.video:
             raise ValueError("autoregressive video needs a video encoder (video=True)")
         if prefix_steps < 0:
@@ -160,7 +161,8 @@ class ARVideo(NextStepObjective):
             itself (prediction = last frame + output), so an untrained head starts at copy-last-frame.
         prefix_steps: bidirectional prefix of k steps, left out of the loss.
         rollout_context_frames: context frames of `predict` rollouts.
-        Remaining args: optimiser and schedules, see PretrainObjective.
+        optim_args: optimiser and schedules (lr, start_lr, final_lr, warmup_steps, weight_decay,
+            final_weight_decay, betas, eps, total_steps), see PretrainObjective.
     """
 
     def __init__(
@@ -171,21 +173,12 @@ class ARVideo(NextStepObjective):
         residual: bool = False,
         prefix_steps: int = 0,
         rollout_context_frames: int = 8,
-        lr: float = 6.25e-4,
-        start_lr: float = 2e-4,
-        final_lr: float = 1e-6,
-        warmup_steps: int = 0,
-        weight_decay: float = 0.04,
-        final_weight_decay: float = 0.4,
-        betas: tuple[float, float] = (0.9, 0.999),
-        eps: float = 1e-8,
-        total_steps: Optional[int] = None,
+        **optim_args,
     ):
         if target_norm not in ("patch", "global"):
             raise ValueError(f"target_norm must be 'patch' or 'global', got {target_norm!r}")
         patch_dim = encoder.config["in_chans"] * encoder.tubelet_size * encoder.patch_size**2
-        super().__init__(encoder, patch_dim, head_hidden, prefix_steps, rollout_context_frames,
-                         lr, start_lr, final_lr, warmup_steps, weight_decay, final_weight_decay, betas, eps, total_steps)
+        super().__init__(encoder, patch_dim, head_hidden, prefix_steps, rollout_context_frames, **optim_args)
         self.save_init_args()
         self.target_norm, self.residual = target_norm, residual
 

@@ -39,7 +39,8 @@ class ARVideoTokens(NextStepObjective):
         tokenizer_seed: seed of the k-means++ draws.
         temperature / top_k: how rollouts draw codes (temperature 0 = the most likely code).
         head_hidden, prefix_steps, rollout_context_frames: see NextStepObjective.
-        Remaining args: optimiser and schedules, see PretrainObjective.
+        optim_args: optimiser and schedules (lr, start_lr, final_lr, warmup_steps, weight_decay,
+            final_weight_decay, betas, eps, total_steps), see PretrainObjective.
     """
 
     def __init__(
@@ -55,18 +56,9 @@ class ARVideoTokens(NextStepObjective):
         head_hidden: Optional[int] = None,
         prefix_steps: int = 0,
         rollout_context_frames: int = 8,
-        lr: float = 6.25e-4,
-        start_lr: float = 2e-4,
-        final_lr: float = 1e-6,
-        warmup_steps: int = 0,
-        weight_decay: float = 0.04,
-        final_weight_decay: float = 0.4,
-        betas: tuple[float, float] = (0.9, 0.999),
-        eps: float = 1e-8,
-        total_steps: Optional[int] = None,
+        **optim_args,
     ):
-        super().__init__(encoder, num_codes, head_hidden, prefix_steps, rollout_context_frames,
-                         lr, start_lr, final_lr, warmup_steps, weight_decay, final_weight_decay, betas, eps, total_steps)
+        super().__init__(encoder, num_codes, head_hidden, prefix_steps, rollout_context_frames, **optim_args)
         if tokenizer_clips < 1 or tokenizer_iters < 0:
             raise ValueError(f"tokenizer_clips must be >= 1 and tokenizer_iters >= 0, got {tokenizer_clips}, {tokenizer_iters}")
         self.save_init_args()
