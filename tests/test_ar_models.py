@@ -218,6 +218,8 @@ def test_tokenizer_round_trip_and_full_code_usage():
     all_codes = torch.arange(8)
     assert torch.equal(tok.encode(tok.decode(all_codes)), all_codes)  # decode then encode is the identity
     assert codes.view(8, 50).shape == tok.encode(x.view(8, 50, 12)).shape  # any leading shape
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # distances stay fp32 under mixed precision
+        assert torch.equal(tok.encode(x), codes)
 
 
 def test_kmeans_plusplus_seeds_every_cluster():

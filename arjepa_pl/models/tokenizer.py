@@ -17,13 +17,16 @@ from torch import nn
 def nearest(x: torch.Tensor, centres: torch.Tensor, chunk: int = 8192) -> tuple[torch.Tensor, torch.Tensor]:
     """(index of the nearest centre, squared distance to it) for every row of x [N, D]; chunked so
     the [N, K] distance matrix never has to exist at once."""
-    c_sq = centres.pow(2).sum(1)
     index, dist = [], []
-    for part in x.split(chunk):
-        d = part.pow(2).sum(1, keepdim=True) - 2 * part @ centres.T + c_sq
-        best, i = d.min(1)
-        index.append(i)
-        dist.append(best.clamp_min(0))
+    # fp32 even under bf16 autocast: a low-precision distance would pick the wrong code in near-ties.
+    with torch.autocast(x.device.type, enabled=False):
+        x, centres = x.float(), centres.float()
+        c_sq = centres.pow(2).sum(1)
+        for part in x.split(chunk):
+            d = part.pow(2).sum(1, keepdim=True) - 2 * part @ centres.T + c_sq
+            best, i = d.min(1)
+            index.append(i)
+            dist.append(best.clamp_min(0))
     return torch.cat(index), torch.cat(dist)
 
 
@@ -65,7 +68,7 @@ class PatchKMeans(nn.Module):
         self._check()
         if x.size(-1) != self.dim:
             raise ValueError(f"tokenizer expects vectors of {self.dim} values, got {x.size(-1)}")
-        codes, _ = nearest(x.reshape(-1, self.dim).to(self.codebook.dtype), self.codebook)
+        codes, _ = nearest(x.reshape(-1, self.dim), self.codebook)
         return codes.view(x.shape[:-1])
 
     def decode(self, codes: torch.Tensor) -> torch.Tensor:
