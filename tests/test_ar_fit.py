@@ -4,6 +4,8 @@ likelihood metrics, `predict` writes rollouts (or text samples) and scores them.
 import csv
 import json
 import math
+import re
+import shlex
 from pathlib import Path
 
 import pytest
@@ -33,7 +35,25 @@ def small_video(config: str, run_dir: Path, demo_manifests, steps: int) -> list[
             "--model.init_args.warmup_steps", "3"]
 
 
-def predict(config: str, run_dir: Path, extra: list[str]) -> None:
+def readme_ar_commands() -> list[list[str]]:
+    section = (REPO / "README.md").read_text().split("## Autoregressive models", 1)[1].split("\n## ", 1)[0]
+    blocks = re.findall(r"```bash\n(.*?)```", section, re.S)
+    return [shlex.split(line) for block in blocks for line in block.splitlines() if line.startswith("python -m arjepa_pl")]
+
+
+def test_readme_ar_commands_are_the_configs_and_parse(tmp_path):
+    commands = readme_ar_commands()
+    for config in ("ar_video", "ar_video_tokens", "ar_text"):
+        fit = [c for c in commands if c[3:6] == ["fit", "--config", f"configs/{config}.yaml"]]
+        pred = [c for c in commands if c[3:6] == ["predict", "--config", f"configs/{config}.yaml"]]
+        assert len(fit) == len(pred) == 1, config
+        cli = ArJepaCLI(args=fit[0][4:], run=False)  # parse and build, no data, no training
+        # predict reads the checkpoint that fit writes.
+        assert pred[0][6:] == ["--ckpt_path", f"{cli.trainer.default_root_dir}/checkpoints/last.ckpt"]
+        assert isinstance(cli.model, torch.nn.Module)
+
+
+def predict(run_dir: Path, extra: list[str]) -> None:
     ArJepaCLI(args=["predict", *extra, "--ckpt_path", str(run_dir / "checkpoints" / "last.ckpt")])
 
 
@@ -45,7 +65,7 @@ def test_ar_video_fits_and_rolls_out(tmp_path, demo_manifests):
     val, copy_last = logged(run_dir, "val/loss"), logged(run_dir, "val/copy_last_loss")
     assert len(val) == len(copy_last) == 2 and val[-1] < val[0], val
     assert val[-1] < 0.95 * copy_last[-1], (val, copy_last)  # predicts the motion better than copying
-    predict("ar_video.yaml", run_dir, args + ["--data.batch_size", "8"])
+    predict(run_dir, args + ["--data.batch_size", "8"])
     rollouts = run_dir / "rollouts"
     assert len(list(rollouts.glob("clip*.png"))) == 8 and len(list(rollouts.glob("clip*.mp4"))) == 8
     report = json.loads((rollouts / "rollout_metrics.json").read_text())
@@ -77,7 +97,7 @@ def test_ar_video_tokens_fits_a_tokenizer_once_and_reports_bits_per_dim(tmp_path
     mtime = tokenizer.stat().st_mtime_ns
     ArJepaCLI(args=["fit", *args, "--trainer.max_steps", "1", "--trainer.limit_val_batches", "0"])
     assert tokenizer.stat().st_mtime_ns == mtime
-    predict("ar_video_tokens.yaml", run_dir, args)
+    predict(run_dir, args)
     report = json.loads((run_dir / "rollouts" / "rollout_metrics.json").read_text())
     assert report["clips"] == 12 and len(report["model"]["psnr"]) == 4
 
@@ -97,6 +117,6 @@ def test_ar_text_fits_and_samples(tmp_path):
     assert val[0] < 0.8 * math.log(256) and val[-1] < val[0], val
     assert ppl[-1] == pytest.approx(math.exp(val[-1]), rel=0.02)  # both over the same equal-sized batches
     assert bpb[-1] == pytest.approx(val[-1] / math.log(2), rel=0.02)
-    predict("ar_text.yaml", run_dir, args + ["--model.init_args.max_new_bytes", "100", "--data.prompts", '["def ", "x = "]'])
+    predict(run_dir, args + ["--model.init_args.max_new_bytes", "100", "--data.prompts", '["def ", "x = "]'])
     text = (run_dir / "samples" / "samples_rank0.txt").read_text()
     assert text.count("=== prompt") == 2 and "\ndef " in text and "\nx = " in text

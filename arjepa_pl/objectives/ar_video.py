@@ -11,9 +11,9 @@ from typing import Literal, Optional
 import torch
 import torch.nn.functional as F
 
-from arjepa_pl.models import MLP, VisionTransformer, next_step_outputs, normalize_patches, patchify, unpatchify
+from arjepa_pl.models import MLP, KVCache, VisionTransformer, next_step_outputs, normalize_patches, patchify, unpatchify
 from arjepa_pl.models.ar_video import hold_last_frame
-from arjepa_pl.models.vit import KVCache, init_transformer_weights
+from arjepa_pl.models.vit import init_transformer_weights
 from arjepa_pl.objectives.pretrain import PretrainObjective
 from data_modules.transforms import IMAGENET_MEAN, IMAGENET_STD
 
@@ -58,6 +58,8 @@ class NextStepObjective(PretrainObjective):
         return video
 
     def step_loss(self, video: torch.Tensor, metrics: bool = False) -> torch.Tensor:
+        """The training loss of a normalised clip [B, C, T, H, W]; with `metrics`, also update / log
+        the validation metrics."""
         raise NotImplementedError
 
     def next_step_patches(self, outputs: torch.Tensor, clip: torch.Tensor) -> torch.Tensor:
