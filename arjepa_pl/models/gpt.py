@@ -4,6 +4,7 @@ Vocabulary = the 256 byte values, so any text (or file) is a token sequence with
 download. Fixed sin-cos positions, like the ViT; input embedding and output layer share weights.
 """
 
+import math
 from typing import Optional
 
 import torch
@@ -38,6 +39,7 @@ class ByteGPT(nn.Module):
         self.config = dict(embed_dim=embed_dim, depth=depth, num_heads=num_heads, mlp_ratio=mlp_ratio,
                            max_seq_len=max_seq_len, vocab_size=vocab_size, norm_eps=norm_eps)
         self.tok_embed = nn.Embedding(vocab_size, embed_dim)
+        self.embed_scale = math.sqrt(embed_dim)
         self.register_buffer("pos_table", sincos_1d(embed_dim, torch.arange(max_seq_len)).float(), persistent=False)
         self.blocks = nn.ModuleList(Block(embed_dim, num_heads, mlp_ratio, True, norm_eps) for _ in range(depth))
         self.norm = nn.LayerNorm(embed_dim, eps=norm_eps)
@@ -53,7 +55,9 @@ class ByteGPT(nn.Module):
         end = start + idx.size(1)
         if end > self.max_seq_len:
             raise ValueError(f"{end} positions exceed max_seq_len={self.max_seq_len}")
-        x = self.tok_embed(idx) + self.pos_table[start:end]
+        # Scaled by sqrt(width) as in the original Transformer: the tied embedding is small (std 0.02)
+        # while the fixed sin-cos positions are O(1), which would otherwise drown the byte identity.
+        x = self.tok_embed(idx) * self.embed_scale + self.pos_table[start:end]
         mask = block_causal_mask(end, 1, device=idx.device)[start:] if idx.size(1) > 1 else None
         for i, block in enumerate(self.blocks):
             x = block(x, mask, None if caches is None else caches[i])
