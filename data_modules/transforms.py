@@ -61,6 +61,20 @@ def center_crop_box(height: int, width: int) -> tuple[int, int, int, int]:
     return (height - side) // 2, (width - side) // 2, side, side
 
 
+def spatial_crop_boxes(height: int, width: int, num_views: int) -> list[tuple[int, int, int, int]]:
+    """num_views largest squares spread evenly along the long side (left, centre, right for 3).
+
+    The multi-view evaluation of video probes: each view is resized to the output size, so
+    together they cover the whole frame. One view is the centre crop.
+    """
+    if num_views == 1:
+        return [center_crop_box(height, width)]
+    side = min(height, width)
+    slack_h, slack_w = height - side, width - side
+    return [(round(slack_h * i / (num_views - 1)), round(slack_w * i / (num_views - 1)), side, side)
+            for i in range(num_views)]
+
+
 def clip_to_tensor(
     frames_uint8: np.ndarray,
     box: tuple[int, int, int, int],
