@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 import os
+import re
 import stat
 
 import av
@@ -58,7 +59,8 @@ def probe_size(source: str | bytes) -> tuple[int, int]:
             codec = container.streams.video[0].codec_context
             height, width = int(codec.height), int(codec.width)
     except (av.error.FFmpegError, OSError, UnicodeDecodeError) as e:
-        raise BadVideo(f"not a readable video container: {e}") from None
+        # FFmpeg's errors repeat the path after the reason: keep the reason.
+        raise BadVideo(f"not a readable video container: {getattr(e, 'strerror', None) or e}") from None
     if height < 1 or width < 1:
         raise BadVideo(f"video stream has no frame size ({width}x{height})")
     return height, width
@@ -107,7 +109,10 @@ def read_frames(reader: decord.VideoReader, indices: np.ndarray) -> np.ndarray:
 
 
 def _first_line(error: Exception) -> str:
-    text = str(error).strip()
-    # decord's messages carry a C++ stack trace after the first lines.
-    lines = [line for line in text.splitlines() if line.strip() and not line.startswith("Stack trace")]
-    return (lines[0] if lines else type(error).__name__)[:300]
+    """The informative part of a decord error: no C++ stack trace, no '[time] file.cc:line:' prefixes."""
+    lines = [line for line in str(error).splitlines() if line.strip() and not line.startswith("Stack trace")]
+    text = _DECORD_PREFIX.sub("", lines[0] if lines else "").strip()
+    return (text or type(error).__name__)[:300]
+
+
+_DECORD_PREFIX = re.compile(r"\[\d\d:\d\d:\d\d\] \S+\.cc:\d+: ")

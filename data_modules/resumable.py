@@ -42,12 +42,17 @@ class ResumableDataLoader(DataLoader):
         return self.dataset if isinstance(self.dataset, IterableDataset) else self.sampler
 
     def __iter__(self) -> Iterator:
-        clock = self._clock
-        if self._completed and isinstance(self.dataset, IterableDataset):
+        clock, iterable = self._clock, isinstance(self.dataset, IterableDataset)
+        if self._completed and iterable:
             clock.set_epoch(clock.epoch + 1)
         self._completed = False
         self._batches, self._skip = self._skip, 0
-        for batch in super().__iter__():
+        iterator = super().__iter__()
+        if iterable:
+            # The workers copied the dataset, resume point included, when they started; the
+            # next epoch starts at its first batch.
+            clock.resume(clock.epoch, 0)
+        for batch in iterator:
             # Counted when handed out: the trainer has taken it by the time a checkpoint is saved
             # (Lightning does not prefetch from loaders that have a length).
             self._batches += 1
