@@ -113,7 +113,7 @@ def decode_frames(source: str | bytes, options: ClipOptions, rng: np.random.Gene
         check_file(source, options.max_bytes)
     else:
         check_size(len(source), options.max_bytes)
-    reader = open_reader(source, options.max_frame_pixels, options.decode_short_side_for(rng is not None))
+    reader, resized = open_reader(source, options.max_frame_pixels, options.decode_short_side_for(rng is not None))
     try:
         num_frames = len(reader)
         if num_frames < 2:
@@ -126,6 +126,15 @@ def decode_frames(source: str | bytes, options: ClipOptions, rng: np.random.Gene
             raise BadVideo(f"{num_frames} frames is too short for {options.num_clips} clip(s) of "
                            f"{options.frames_per_clip} x {step} frames (short_videos='skip')")
         indices = clip_indices(num_frames, options.frames_per_clip, step, options.num_clips, rng)
+        try:
+            return read_frames(reader, indices)
+        except BadVideo:
+            if not resized:
+                raise
+        # decord fails to resize to some widths (from 64 pixels: 16, 24, 48, ...): a reduced-size
+        # decode is only a speed-up, so it never makes a video bad. Decode at full size instead.
+        del reader
+        reader, _ = open_reader(source, options.max_frame_pixels, None)
         return read_frames(reader, indices)
     finally:
         # Free the reader now: decord's memory grows with long-lived readers (decord #197/#208).

@@ -78,8 +78,8 @@ def open_reader(
     source: str | bytes,
     max_frame_pixels: int | None = None,
     short_side: int | None = None,
-) -> decord.VideoReader:
-    """A decord reader, resizing while it decodes when the source's short side exceeds short_side.
+) -> tuple[decord.VideoReader, bool]:
+    """(decord reader, whether it resizes): it does when the source's short side exceeds short_side.
 
     Decoding at the reduced size makes decord's swscale do the downscaling in C, frame by frame,
     instead of handing us full 720p/1080p RGB frames to crop and resize.
@@ -91,12 +91,13 @@ def open_reader(
     size = {} if (out_height, out_width) == (height, width) else {"height": out_height, "width": out_width}
     try:
         # One thread: the DataLoader workers are the parallelism.
-        return decord.VideoReader(source if isinstance(source, str) else io.BytesIO(source),
-                                  num_threads=1, ctx=decord.cpu(0), **size)
+        reader = decord.VideoReader(source if isinstance(source, str) else io.BytesIO(source),
+                                    num_threads=1, ctx=decord.cpu(0), **size)
     except (decord.DECORDError, RuntimeError, AssertionError) as e:
         # decord raises RuntimeError("Error reading ...") on files ffmpeg cannot open and asserts
         # on a stream that reports no frames.
         raise BadVideo(f"decord cannot open it: {_first_line(e)}") from None
+    return reader, bool(size)
 
 
 def read_frames(reader: decord.VideoReader, indices: np.ndarray) -> np.ndarray:

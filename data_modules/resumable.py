@@ -54,8 +54,10 @@ class ResumableDataLoader(DataLoader):
             clock.resume(clock.epoch, 0)
         for batch in iterator:
             # Counted when handed out: the trainer has taken it by the time a checkpoint is saved
-            # (Lightning does not prefetch from loaders that have a length).
+            # (Lightning does not prefetch from loaders that have a length). Complete once the last
+            # batch is out: Lightning stops asking after len(self) batches, so the loop may never end.
             self._batches += 1
+            self._completed = self._batches >= len(self)
             yield batch
         self._completed = True
 

@@ -101,7 +101,9 @@ def read_shard(url: str, wanted: Callable[[str], bool] | None = None) -> tuple[d
             for sample in wds.tariterators.group_by_keys(files):
                 samples[sample["__key__"]] = sample
     except (OSError, EOFError, tarfile.TarError, ValueError) as e:
-        return samples, f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"[:300]
+        # webdataset appends " @ <stream>" and the stream and URL to the error's args: keep the reason.
+        reason = str(e.args[0] if e.args else e).split(" @ ")[0] if not isinstance(e, OSError) else str(e)
+        return samples, f"{type(e).__name__}: {reason}"[:300]
     return samples, None
 
 
@@ -159,7 +161,7 @@ def pack(
         try:
             check_file(path)
             if check:
-                num_frames = len(open_reader(path))
+                num_frames = len(open_reader(path)[0])
                 if num_frames < 2:
                     raise BadVideo(f"{num_frames} frame: a still image, not a video")
             with open(path, "rb") as f:

@@ -106,8 +106,8 @@ class ShardClipStream(IterableDataset):
     concatenation of the shard sets), "epoch", "position" (in this rank's epoch sequence),
     "skipped"}; clips and augmentations come from default_rng([seed, epoch, set, index]), so
     they depend only on the plan. An unusable video, or a sample lost with a broken shard, is
-    replaced by a sample of the same shard (then, after 2 tries, of any shard of the same set)
-    drawn from the sample's identity.
+    replaced by a sample of the same shard set drawn from the sample's identity. A replacement is
+    read on its own (part of another shard): a few bad samples cost a little I/O.
 
     Args:
         sources: The shard sets.
@@ -230,7 +230,7 @@ class ShardClipStream(IterableDataset):
     def _sample(self, epoch: int, position: int, set_id: int, shard: int, member: int) -> dict:
         set_id, shard, member = int(set_id), int(shard), int(member)
         index = int(self._shard_offsets[set_id][shard] + member)  # in the set
-        sizes = self.sources[set_id].sizes
+        offsets, set_size = self._shard_offsets[set_id], self.sizes[set_id]
 
         def load(key, attempt: int):
             data, label = self._video(key)
@@ -238,9 +238,10 @@ class ShardClipStream(IterableDataset):
             return load_clip(data, self.options, np.random.default_rng(words), self.train), label
 
         def replacement(attempt: int):
-            rng = np.random.default_rng([self.seed, epoch, set_id, index, attempt, REPLACE])
-            other = shard if attempt <= 2 else int(rng.choice(np.flatnonzero(sizes)))
-            return set_id, other, int(rng.integers(sizes[other]))
+            # Any sample of the same set (not of the same shard: a lost shard loses them all).
+            other = int(np.random.default_rng([self.seed, epoch, set_id, index, attempt, REPLACE]).integers(set_size))
+            other_shard = int(np.searchsorted(offsets, other, side="right")) - 1
+            return set_id, other_shard, other - int(offsets[other_shard])
 
         (video, label), skipped = self.guard.load((set_id, shard, member), load, replacement, self._describe)
         return {"video": video, "label": label, "index": int(self._set_offsets[set_id]) + index, "epoch": epoch,

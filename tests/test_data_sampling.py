@@ -138,6 +138,15 @@ def test_decode_at_reduced_resolution(wide_video):
     assert abs(small - torch.from_numpy(decode_frames(wide_video, full, None)[0]).float().mean()) < 2
 
 
+def test_decord_resize_failures_fall_back_to_full_size(demo_manifests):
+    # decord cannot resize 64-pixel-wide frames to 16 (nor 24, 48, ...): that must not make the
+    # video bad, only slower.
+    path = read_manifest(demo_manifests.val)[0][0]
+    options = ClipOptions(frames_per_clip=4, frame_step=2, crop_size=16)
+    assert decode_frames(path, options, None).shape == (1, 4, 64, 64, 3)
+    assert load_clip(path, options, np.random.default_rng(0), train=False).shape == (3, 4, 16, 16)
+
+
 def test_multi_view_shapes_and_views_differ(wide_video):
     options = ClipOptions(frames_per_clip=4, frame_step=2, crop_size=32, num_clips=2, eval_views=3)
     views = load_clip(wide_video, options, np.random.default_rng(0), train=False)
