@@ -12,12 +12,18 @@ from .demo_videos import DemoManifests, default_demo_dir, ensure_demo_videos
 from .manifest import read_manifest
 from .resumable import ResumableDataLoader
 from .samplers import ClipSampler, WeightedClipSampler
+from .shards import pack, read_shard_set
 from .video import ClipDataModule, VideoDataModule
+from .streaming import ShardClipStream, StreamingVideoDataModule
 from .video_clips import VideoClipDataset
 
 __all__ = [
     "VideoDataModule",
     "ClipDataModule",
+    "StreamingVideoDataModule",
+    "ShardClipStream",
+    "pack",
+    "read_shard_set",
     "VideoClipDataset",
     "ClipOptions",
     "load_clip",

@@ -85,27 +85,23 @@ def clip_to_tensor(
 ) -> torch.Tensor:
     """uint8 frames [T, H, W, 3] -> normalised float32 [3, T, out_size, out_size].
 
-    Ordered for speed: crop on the uint8 array, convert and normalise the crop
-    (bilinear weights sum to 1, so normalising before the resize gives the same
-    result, and video crops are usually smaller than out_size), then resize
-    straight into the [3, T, S, S] layout the model wants.
+    Ordered for speed: crop and resize the uint8 frames, which are already laid out as a
+    channels-last [T, 3, h, w] batch for torch's vectorised uint8 bilinear kernel (3-4x faster
+    than on floats; it rounds to the nearest grey level), then convert and normalise only the
+    out_size x out_size result, straight into the [3, T, S, S] layout the model wants.
     """
     if frames_uint8.ndim != 4 or frames_uint8.shape[-1] != 3:
         raise ValueError(f"expected frames of shape [T, H, W, 3], got {tuple(frames_uint8.shape)}")
     top, left, h, w = box
-    crop = torch.from_numpy(frames_uint8[:, top : top + h, left : left + w])
-    num_frames = crop.shape[0]
-    x = torch.empty((3, num_frames, h, w), dtype=torch.float32)
-    x.copy_(crop.permute(3, 0, 1, 2))  # layout change and uint8 -> float in one pass
+    crop = torch.from_numpy(frames_uint8[:, top : top + h, left : left + w]).permute(0, 3, 1, 2)
+    if (h, w) != (out_size, out_size):
+        crop = F.interpolate(crop, size=(out_size, out_size), mode="bilinear", align_corners=False, antialias=False)
+    if hflip:
+        # After the resize, so a flipped sample is the exact mirror of the unflipped one.
+        crop = crop.flip(-1)
+    x = torch.empty((3, crop.shape[0], out_size, out_size), dtype=torch.float32)
+    x.copy_(crop.permute(1, 0, 2, 3))  # layout change and uint8 -> float in one pass
     # (x / 255 - mean) / std as one multiply and one subtract.
     mean_t = torch.tensor(mean, dtype=torch.float32).view(3, 1, 1, 1)
     std_t = torch.tensor(std, dtype=torch.float32).view(3, 1, 1, 1)
-    x.mul_(1.0 / (255.0 * std_t)).sub_(mean_t / std_t)
-    if (h, w) != (out_size, out_size):
-        # interpolate wants [N, C, H, W]: treat the 3*T channel-frames as channels.
-        x = F.interpolate(x.view(1, 3 * num_frames, h, w), size=(out_size, out_size), mode="bilinear",
-                          align_corners=False, antialias=False).view(3, num_frames, out_size, out_size)
-    if hflip:
-        # After the resize, so a flipped sample is the exact mirror of the unflipped one.
-        x = x.flip(-1)
-    return x
+    return x.mul_(1.0 / (255.0 * std_t)).sub_(mean_t / std_t)

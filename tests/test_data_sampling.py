@@ -1,6 +1,10 @@
 """Clip sampling (step / fps / duration, segments, padding), decoding options, multi-view
 transforms, and weighted mixing, against hand-computed values."""
 
+import io
+import struct
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -8,7 +12,7 @@ import torch
 from data_modules import BadVideo, ClipOptions, VideoDataModule, WeightedClipSampler, load_clip, read_manifest
 from data_modules.clip_sampling import clip_indices, is_short, resolve_frame_step
 from data_modules.clips import decode_frames
-from data_modules.decoding import decode_size
+from data_modules.decoding import decode_size, mp4_frame_size, probe_size
 from data_modules.demo_videos import write_mp4
 from data_modules.transforms import spatial_crop_boxes
 
@@ -136,6 +140,20 @@ def test_decode_at_reduced_resolution(wide_video):
     # The reduced decode is the same picture, not a crop: close to a resize of the full frames.
     small = torch.from_numpy(decode_frames(wide_video, options, None)[0]).float().mean()
     assert abs(small - torch.from_numpy(decode_frames(wide_video, full, None)[0]).float().mean()) < 2
+
+
+def test_mp4_header_probe_and_its_fallbacks(demo_manifests, wide_video, tmp_path):
+    assert mp4_frame_size(open(wide_video, "rb")) == (96, 128)
+    data = Path(wide_video).read_bytes()
+    assert probe_size(data) == (96, 128)  # from bytes in memory too
+    # A track rotated by 90 degrees displays as 128x96: its header size is not the decoded size, so
+    # the header is not trusted and FFmpeg (PyAV) gives the coded size.
+    tkhd = data.find(b"tkhd")
+    rotation = struct.pack(">9i", 0, 1 << 16, 0, -(1 << 16), 0, 0, 0, 0, 1 << 30)
+    rotated = data[: tkhd + 4 + 84 - 44] + rotation + data[tkhd + 4 + 84 - 8 :]
+    assert mp4_frame_size(io.BytesIO(rotated)) is None and probe_size(rotated) == (96, 128)
+    assert mp4_frame_size(io.BytesIO(b"not an mp4 at all")) is None
+    assert mp4_frame_size(io.BytesIO(data[: len(data) // 2])) is None  # the header (at the end) is cut off
 
 
 def test_decord_resize_failures_fall_back_to_full_size(demo_manifests):

@@ -3,6 +3,8 @@ across ranks and workers, with mixing, broken shards and fsspec URLs."""
 
 import json
 import os
+import re
+import shlex
 import subprocess
 import sys
 import tarfile
@@ -213,3 +215,45 @@ def test_streaming_datamodule_from_config(tmp_path):
     assert dm.train_shards == ["s3://a/k400", "gs://b/ssv2"] and dm.crop_size == 112 and dm.iterations_per_epoch == 300
     with pytest.raises(ValueError, match="1 weights for 2"):
         StreamingVideoDataModule(train_shards=["a", "b"], mix_weights=[1.0])
+
+
+# ----------------------------------------------------------------------------
+# the README's "Your own videos" commands, on the demo data
+
+
+def readme_own_videos_commands() -> list[list[str]]:
+    section = (REPO / "README.md").read_text().split("## Your own videos", 1)[1].split("\n## ", 1)[0]
+    blocks = re.findall(r"```bash\n(.*?)```", section, re.S)
+    return [shlex.split(line) for block in blocks for line in block.replace("\\\n", " ").splitlines() if line.strip()]
+
+
+def test_readme_own_videos_commands_work(demo_manifests, tmp_path, monkeypatch):
+    from arjepa_pl.cli import ArJepaCLI
+
+    monkeypatch.chdir(REPO)
+    paths = {"/data/k400/train.csv": str(demo_manifests.train), "/data/k400/val.csv": str(demo_manifests.val),
+             "/data/k710/train.csv": str(demo_manifests.train), "/data/ssv2/train.csv": str(demo_manifests.val),
+             "/data/howto100m/train.csv": str(demo_manifests.train), "/data/k400-shards": str(tmp_path / "shards"),
+             "/data/k400-val-shards": str(tmp_path / "shards")}
+    commands = readme_own_videos_commands()
+    assert [c[:3] for c in commands] == [["python", "-m", "arjepa_pl"]] * 3 + [["python", "-m", "data_modules.shards"],
+                                                                              ["python", "-m", "arjepa_pl"]]
+    built = []
+    for command in commands:
+        pattern = "|".join(map(re.escape, sorted(paths, key=len, reverse=True)))
+        args = [re.sub(pattern, lambda m: paths[m.group(0)], arg) for arg in command[3:]]
+        if command[2] == "data_modules.shards":
+            assert shards.main(args) == 0
+            continue
+        assert args[0] == "fit"
+        on_cpu = ["--trainer.accelerator", "cpu", "--trainer.devices", "1", "--trainer.num_nodes", "1",
+                  "--trainer.strategy", "auto", "--trainer.precision", "32-true", "--trainer.default_root_dir", str(tmp_path)]
+        with torch.device("meta"):  # the ViT-L recipe is built, not trained
+            built.append(ArJepaCLI(args=[*args[1:], *on_cpu], run=False).datamodule)
+    manifests, vitl, mixed, streamed = built
+    assert (manifests.crop_size, manifests.frame_step, manifests.val_manifest) == (224, 4, str(demo_manifests.val))
+    assert mixed.mix_weights == [0.335, 0.1, 0.565] and mixed.iterations_per_epoch == 300
+    assert len(mixed.train_manifest) == 3
+    assert isinstance(streamed, StreamingVideoDataModule) and streamed.train_shards == [str(tmp_path / "shards")]
+    assert (streamed.crop_size, streamed.batch_size) == (224, 24)  # the recipe's clip keys carry over
+    assert read_shard_set(str(tmp_path / "shards")).num_samples == 12
