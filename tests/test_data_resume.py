@@ -174,3 +174,68 @@ def test_stream_loader_resumes_at_every_batch(demo_manifests, shards, monkeypatc
         served(first, 2)
         loader(num_workers=1).load_state_dict(first.state_dict())
 
+
+
+# ----------------------------------------------------------------------------
+# two real DDP processes (gloo, CPU), run as a script: Lightning launches the second rank itself
+
+DDP_SCRIPT = '''
+import json, sys
+import lightning.pytorch as pl
+import torch
+from data_modules import StreamingVideoDataModule
+
+class Record(pl.LightningModule):
+    def __init__(self):
+        super().__init__()
+        self.linear = torch.nn.Linear(3, 1)
+        self.indices = []
+
+    def training_step(self, batch, batch_idx):
+        self.indices += batch["index"].tolist()
+        return self.linear(batch["video"].mean(dim=(2, 3, 4))).pow(2).mean()
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.01)
+
+if __name__ == "__main__":
+    shards, out = sys.argv[1], sys.argv[2]
+    dm = StreamingVideoDataModule(train_shards=shards, frames_per_clip=2, frame_step=4, crop_size=16, batch_size=2,
+                                  num_workers=1, max_bad_fraction=0.5)
+    model = Record()
+    trainer = pl.Trainer(accelerator="cpu", devices=2, strategy="ddp", max_epochs=1, enable_progress_bar=False,
+                         enable_model_summary=False, enable_checkpointing=False, log_every_n_steps=1,
+                         logger=pl.loggers.CSVLogger(out, name="logs"), default_root_dir=out)
+    trainer.fit(model, datamodule=dm)
+    skipped = trainer.callback_metrics.get("data/skipped")
+    with open(f"{out}/rank{trainer.global_rank}.json", "w") as f:
+        json.dump({"steps": trainer.global_step, "indices": model.indices,
+                   "skipped": None if skipped is None else float(skipped)}, f)
+'''
+
+
+@pytest.mark.slow
+def test_two_ddp_processes_split_the_shards_and_sum_the_skips(demo_manifests, tmp_path):
+    import json
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[1]
+    manifest = tmp_path / "m.csv"
+    entries = Path(demo_manifests.train).read_text().splitlines()
+    manifest.write_text("\n".join(entries[:11] + [f"{tmp_path}/text.mp4 0"]) + "\n")
+    (tmp_path / "text.mp4").write_text("not a video\n")
+    pack(str(manifest), str(tmp_path / "shards"), samples_per_shard=4, log=lambda msg: None)  # the bad file too
+    script = tmp_path / "ddp_fit.py"
+    script.write_text(DDP_SCRIPT)
+    done = subprocess.run([sys.executable, str(script), str(tmp_path / "shards"), str(tmp_path)], cwd=repo,
+                          env={**os.environ, "PYTHONPATH": str(repo), "WANDB_MODE": "offline"},
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
+    assert ranks[0]["steps"] == ranks[1]["steps"] == 3  # 12 samples: 6 per rank, 3 batches of 2
+    seen = ranks[0]["indices"] + ranks[1]["indices"]
+    assert len(seen) == len(set(seen)) == 12
+    assert ranks[0]["skipped"] == ranks[1]["skipped"] >= 1  # summed over both ranks, the same on each
