@@ -36,6 +36,15 @@ class ResumableDataLoader(DataLoader):
         self._batches = 0  # batches of the current epoch served (or, after a resume, to be skipped)
         self._skip = 0
         self._completed = False
+        # Trainer(limit_train_batches): an int or a fraction of len(self), where Lightning ends the
+        # epoch. The data modules copy it here so that such an epoch counts as complete.
+        self.epoch_limit: int | float = 1.0
+
+    @property
+    def batches_per_epoch(self) -> int:
+        if isinstance(self.epoch_limit, int):
+            return min(len(self), self.epoch_limit)
+        return max(int(len(self) * self.epoch_limit), 1)
 
     @property
     def _clock(self):
@@ -55,14 +64,14 @@ class ResumableDataLoader(DataLoader):
         for batch in iterator:
             # Counted when handed out: the trainer has taken it by the time a checkpoint is saved
             # (Lightning does not prefetch from loaders that have a length). Complete once the last
-            # batch is out: Lightning stops asking after len(self) batches, so the loop may never end.
+            # batch is out: Lightning stops asking after that, so the loop may never end.
             self._batches += 1
-            self._completed = self._batches >= len(self)
+            self._completed = self._batches >= self.batches_per_epoch
             yield batch
         self._completed = True
 
     def state_dict(self) -> dict:
-        return {"epoch": int(self._clock.epoch), "batches": self._batches, "batches_per_epoch": len(self),
+        return {"epoch": int(self._clock.epoch), "batches": self._batches, "batches_per_epoch": self.batches_per_epoch,
                 "batch_size": self._batch_size(), **self._clock.resume_signature()}
 
     def load_state_dict(self, state: dict) -> None:

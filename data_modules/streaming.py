@@ -164,7 +164,7 @@ class ShardClipStream(IterableDataset):
         self.epoch, self._start_batch = 0, 0
         self._cache: dict[int, tuple[int, dict]] = {}  # set -> (shard, {key: sample}) being read
         self._needed: dict[tuple[int, int], set[int]] = {}
-        self._names: dict[tuple[int, int, int], str] = {}
+        self._names: dict[tuple[int, int, int], str] = {}  # of the bad samples met, for reports
 
     def __len__(self) -> int:
         return self.num_batches
@@ -233,9 +233,13 @@ class ShardClipStream(IterableDataset):
         offsets, set_size = self._shard_offsets[set_id], self.sizes[set_id]
 
         def load(key, attempt: int):
-            data, label = self._video(key)
+            data, label, name = self._video(key)
             words = [self.seed, epoch, set_id, index] + ([attempt] if attempt else [])
-            return load_clip(data, self.options, np.random.default_rng(words), self.train), label
+            try:
+                return load_clip(data, self.options, np.random.default_rng(words), self.train), label
+            except BadVideo:
+                self._names[key] = name  # reports name the source file, not the shard member
+                raise
 
         def replacement(attempt: int):
             # Any sample of the same set (not of the same shard: a lost shard loses them all).
@@ -247,7 +251,7 @@ class ShardClipStream(IterableDataset):
         return {"video": video, "label": label, "index": int(self._set_offsets[set_id]) + index, "epoch": epoch,
                 "position": position, "skipped": "\n".join(skipped)}
 
-    def _video(self, key: tuple[int, int, int]) -> tuple[bytes, int]:
+    def _video(self, key: tuple[int, int, int]) -> tuple[bytes, int, str]:
         set_id, shard, member = key
         cached = self._cache.get(set_id)
         if member in self._needed.get((set_id, shard), ()):
@@ -260,9 +264,7 @@ class ShardClipStream(IterableDataset):
         sample = samples.get(self._key(set_id, shard, member))
         if sample is None:
             raise BadVideo(f"missing from its shard ({error or 'key not in the tar'})")
-        data, label, name = sample_video(sample)
-        self._names[key] = name
-        return data, label
+        return sample_video(sample)
 
     def _read(self, set_id: int, shard: int, members: set[int]) -> tuple[dict, str | None]:
         keys = {self._key(set_id, shard, m) for m in members}
@@ -329,7 +331,7 @@ class StreamingVideoDataModule(ClipDataModule):
 
     def train_dataloader(self) -> DataLoader:
         self._require_setup()
-        return ResumableDataLoader(self.train_dataset, batch_size=None, **self._loader_args())
+        return self._resumable(ResumableDataLoader(self.train_dataset, batch_size=None, **self._loader_args()))
 
     def val_dataloader(self) -> DataLoader | list:
         self._require_setup()

@@ -6,6 +6,7 @@ numpy Generator, so a sample's augmentation is a function of its seed alone.
 
 from __future__ import annotations
 
+import functools
 import math
 
 import numpy as np
@@ -102,6 +103,12 @@ def clip_to_tensor(
     x = torch.empty((3, crop.shape[0], out_size, out_size), dtype=torch.float32)
     x.copy_(crop.permute(1, 0, 2, 3))  # layout change and uint8 -> float in one pass
     # (x / 255 - mean) / std as one multiply and one subtract.
+    scale, shift = _normalisation(tuple(mean), tuple(std))
+    return x.mul_(scale).sub_(shift)
+
+
+@functools.lru_cache(maxsize=8)
+def _normalisation(mean: tuple[float, ...], std: tuple[float, ...]) -> tuple[torch.Tensor, torch.Tensor]:
     mean_t = torch.tensor(mean, dtype=torch.float32).view(3, 1, 1, 1)
     std_t = torch.tensor(std, dtype=torch.float32).view(3, 1, 1, 1)
-    return x.mul_(1.0 / (255.0 * std_t)).sub_(mean_t / std_t)
+    return 1.0 / (255.0 * std_t), mean_t / std_t

@@ -147,6 +147,11 @@ class ClipDataModule(pl.LightningDataModule):
             multiprocessing_context="fork" if workers and sys.platform.startswith("linux") else None,
         )
 
+    def _resumable(self, loader: ResumableDataLoader) -> ResumableDataLoader:
+        if self.trainer is not None:
+            loader.epoch_limit = self.trainer.limit_train_batches
+        return loader
+
     def _require_setup(self) -> None:
         if self.train_dataset is None:
             raise RuntimeError(f"{type(self).__name__}.setup() must run before the dataloaders are built")
@@ -247,9 +252,9 @@ class VideoDataModule(ClipDataModule):
             # drop_last in the sampler gives every rank the same number of clips (uneven counts hang DDP).
             sampler = ClipSampler(self.train_dataset, num_replicas=self.world_size, rank=self.rank,
                                   shuffle=True, seed=self.seed, drop_last=True)
-        return ResumableDataLoader(self.train_dataset, batch_size=self.batch_size, sampler=sampler,
-                                   drop_last=self.drop_last, persistent_workers=self.persistent_workers and self.num_workers > 0,
-                                   **self._loader_args())
+        return self._resumable(ResumableDataLoader(
+            self.train_dataset, batch_size=self.batch_size, sampler=sampler, drop_last=self.drop_last,
+            persistent_workers=self.persistent_workers and self.num_workers > 0, **self._loader_args()))
 
     def val_dataloader(self) -> DataLoader | list:
         self._require_setup()

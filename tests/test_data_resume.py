@@ -133,6 +133,15 @@ def test_map_style_loader_resumes_at_every_batch_and_epoch_boundary():
         assert second.state_dict()["batches"] == len(rest) + (k if k < len(full) else 0)
 
 
+def test_epoch_cut_short_by_limit_train_batches_resumes_at_the_next_epoch():
+    first = ResumableDataLoader(Keys(), batch_size=3, sampler=ClipSampler(Keys(), num_replicas=1, rank=0))
+    first.epoch_limit = 2  # Trainer(limit_train_batches=2): Lightning ends the epoch after 2 of 7 batches
+    served(first, 2)
+    second = ResumableDataLoader(Keys(), batch_size=3, sampler=ClipSampler(Keys(), num_replicas=1, rank=0))
+    second.load_state_dict(first.state_dict())
+    assert served(second, 1)[0][:2] == ([1, 1, 1], [0, 1, 2])
+
+
 def test_mid_epoch_resume_with_another_world_size_is_refused():
     two = ResumableDataLoader(Keys(), batch_size=2, sampler=ClipSampler(Keys(), num_replicas=2, rank=0))
     served(two, 2)

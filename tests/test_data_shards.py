@@ -192,6 +192,18 @@ def test_broken_shard_samples_are_replaced_and_reported(packed, tmp_path):
     assert len(skipped) >= 5  # at least shard 3's five samples
 
 
+def test_bad_video_inside_a_shard_is_reported_by_its_source_path(demo_manifests, tmp_path):
+    (tmp_path / "text.mp4").write_text("not a video\n")
+    entries = read_manifest(demo_manifests.val)[:5] + [(str(tmp_path / "text.mp4"), 7)]
+    (tmp_path / "m.csv").write_text("".join(f"{p} {label}\n" for p, label in entries))
+    ds = ShardClipStream([pack(str(tmp_path / "m.csv"), str(tmp_path / "s"), log=lambda msg: None)], train=False,
+                         batch_size=6, max_bad_fraction=0.5, **CLIP)
+    (batch,) = DataLoader(ds, batch_size=None, collate_fn=default_collate)
+    assert sorted(batch["index"].tolist()) == list(range(6)) and batch["video"].shape[0] == 6
+    assert [s for s in batch["skipped"] if s] == [f"{tmp_path / 'text.mp4'}: not a readable video container: "
+                                                  "Invalid data found when processing input"]
+
+
 def test_streaming_from_an_fsspec_url(demo_manifests):
     url = "memory://arjepa-test/shards"
     pack(str(demo_manifests.val), url, samples_per_shard=4, log=lambda msg: None)
