@@ -115,7 +115,8 @@ def test_attention_flops_are_counted_on_cpu():
     with FlopCounterMode(display=False, custom_mapping=_CPU_ATTENTION) as counter:
         F.scaled_dot_product_attention(q, k, v).sum().backward()
     forward = 2 * (2 * 2 * 3 * 16 * 16 * 8)  # QK^T and PV, 2 FLOPs per multiply-add
-    assert counter.get_total_flops() == 3 * forward  # backward: twice the forward
+    # Backward as torch counts the CUDA kernels: the scores recomputed, then four products.
+    assert counter.get_total_flops() == forward + 5 * forward // 2
 
 
 @pytest.mark.parametrize("name,precision,expected", [

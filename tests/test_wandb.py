@@ -3,6 +3,8 @@ config and media can be read back from the offline run. No test reaches the netw
 and the one that starts without WANDB_MODE points W&B at a local socket."""
 
 import math
+import re
+import shlex
 import socket
 import time
 from pathlib import Path
@@ -105,6 +107,22 @@ def test_media_files_are_written_and_logged_to_wandb(tmp_path):
     assert list(Path(run_dir, "media", "videos").rglob("*.mp4")) and list(Path(run_dir, "media", "images").rglob("*.png"))
     with pytest.raises(ValueError, match="'bad'"):
         write_media({"bad": np.zeros((2, 3, 4, 5, 6))}, tmp_path / "media", step=8)
+
+
+def test_readme_logging_commands_configure_the_logger(tmp_path, demo_manifests):
+    readme = (REPO / "README.md").read_text()
+    section = readme.split("## Logging and W&B", 1)[1].split("\n## ", 1)[0]
+    blocks = re.findall(r"```bash\n(.*?)```", section, re.S)
+    commands = [line for block in blocks for line in block.replace("\\\n", " ").splitlines()
+                if line.startswith("python -m arjepa_pl fit")]
+    assert len(commands) == 1
+    args = shlex.split(commands[0])[4:]  # after `python -m arjepa_pl fit`: run=False takes no subcommand
+    logger = ArJepaCLI(args=[*args, "--trainer.default_root_dir", str(tmp_path),
+                             "--data.train_manifest", str(demo_manifests.train)], run=False).trainer.logger
+    assert isinstance(logger, WandbLogger) and Path(logger.save_dir) == tmp_path
+    init = logger._wandb_init
+    assert (init["project"], init["entity"], init["name"], init["tags"]) == ("my-world-models", "my-team", "vjepa-demo",
+                                                                          ["vjepa", "demo"])
 
 
 def _fit(run_dir: Path, manifests, *extra: str) -> None:

@@ -15,7 +15,7 @@ from typing import Optional
 
 import lightning.pytorch as L
 import torch
-from torch.utils.flop_counter import FlopCounterMode
+from torch.utils.flop_counter import FlopCounterMode, sdpa_backward_flop_count, sdpa_flop_count
 
 try:  # not on Windows
     import resource
@@ -63,16 +63,15 @@ def peak_tflops(device_name: str, dtype: str) -> Optional[float]:
 
 
 def _attention_flops(query, key, value, *args, out_shape=None, **kwargs) -> int:
-    """QK^T and PV of scaled-dot-product attention, [B, H, L, E] shapes."""
-    *batch, length, dim = query
-    return 2 * math.prod(batch) * length * key[-2] * (dim + value[-1])
+    return sdpa_flop_count(query, key, value)
 
 
 def _attention_backward_flops(grad_out, query, key, value, *args, out_shape=None, **kwargs) -> int:
-    return 2 * _attention_flops(query, key, value)  # four matmuls of the forward's size
+    return sdpa_backward_flop_count(grad_out, query, key, value)
 
 
-# torch's counter knows the CUDA attention kernels but not the CPU one, which ViTs use on a laptop.
+# torch's counter knows the CUDA attention kernels but not the CPU one, which ViTs use on a laptop:
+# count it with torch's own formulas.
 _CPU_ATTENTION = {}
 if hasattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu"):
     _CPU_ATTENTION = {torch.ops.aten._scaled_dot_product_flash_attention_for_cpu: _attention_flops,
