@@ -86,7 +86,7 @@ def choose_mode(offline: Optional[bool], connect_timeout: float) -> tuple[str, O
         return mode, (f"WANDB_MODE={env}" if mode == "offline" else None)
     url = base_url()
     if not has_api_key(url):
-        return "offline", "no W&B API key (run `wandb login` or set WANDB_API_KEY)"
+        return "offline", "no API key; `wandb login` or WANDB_API_KEY gives one"
     if not reachable(url, connect_timeout):
         return "offline", f"{url} did not answer within {connect_timeout:g} s"
     return "online", None
@@ -141,6 +141,7 @@ class WandbLogger(_LightningWandbLogger):
             raise ValueError("log_model=True needs an online W&B run: set offline to null or false")
         super().__init__(name=name, save_dir=save_dir, id=id, project=project, log_model=log_model,
                          entity=entity, group=group, tags=tags, notes=notes, job_type=job_type)
+        self._wandb_init.pop("anonymous")  # Lightning passes None, which recent wandb warns about
         self.offline, self.connect_timeout = offline, connect_timeout
         self.mode: Optional[str] = None  # decided when the run starts, on rank 0
 

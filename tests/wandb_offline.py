@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import struct
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -67,11 +68,22 @@ class OfflineRun:
         return [row[key] for row in self.history if key in row]
 
 
-def read_offline_run(run_dir: Path) -> OfflineRun:
-    """`run_dir`: a `wandb/offline-run-*` folder."""
+def read_offline_run(run_dir: Path, timeout: float = 30.0) -> OfflineRun:
+    """`run_dir`: a `wandb/offline-run-*` folder of a finished run.
+
+    wandb's service writes the file in the background: run.finish() can return before it is on disk,
+    so wait (up to `timeout` seconds) for the run's exit record.
+    """
     (path,) = Path(run_dir).glob("run-*.wandb")
+    deadline = time.monotonic() + timeout
+    while True:
+        found = list(records(path))
+        if any(r.WhichOneof("record_type") == "exit" for r in found):
+            break
+        assert time.monotonic() < deadline, f"{path} has no exit record after {timeout} s"
+        time.sleep(0.2)
     run = None
-    for record in records(path):
+    for record in found:
         kind = record.WhichOneof("record_type")
         if kind == "run":
             r = record.run
