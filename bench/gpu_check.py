@@ -131,7 +131,8 @@ def main() -> None:
             result = run(key, args, **runs[key])
         except Exception as e:  # report and go on: one failing mode must not hide the others
             result = {"name": key, "error": f"{type(e).__name__}: {e}"[:2000]}
-        flops = result.get("flops_per_step") or flops
+        if not runs[key].get("ac"):  # with checkpointing the counter also sees the recomputation
+            flops = result.get("flops_per_step") or flops
         if flops and "steps_per_s" in result and env["peak_bf16_tflops"]:
             # Recomputation (AC) is extra work, not useful FLOPs: MFU counts the model's FLOPs only.
             result["mfu"] = flops * result["steps_per_s"] / (env["peak_bf16_tflops"] * 1e12)
