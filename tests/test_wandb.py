@@ -104,7 +104,7 @@ def test_media_files_are_written_and_logged_to_wandb(tmp_path):
     with av.open(str(tmp_path / "media/step000007/rollout.mp4")) as container:
         frames = [f.to_ndarray(format="rgb24") for f in container.decode(video=0)]
     assert len(frames) == 5 and frames[0].shape == (32, 34, 3)
-    assert list(Path(run_dir, "media", "videos").rglob("*.mp4")) and list(Path(run_dir, "media", "images").rglob("*.png"))
+    assert list(Path(run_dir, "media/videos").rglob("*.mp4")) and list(Path(run_dir, "media/images").rglob("*.png"))
     with pytest.raises(ValueError, match="'bad'"):
         write_media({"bad": np.zeros((2, 3, 4, 5, 6))}, tmp_path / "media", step=8)
 

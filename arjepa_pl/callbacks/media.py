@@ -27,9 +27,6 @@ import torch
 from lightning_utilities.core.apply_func import apply_to_collection
 from lightning.pytorch.loggers import WandbLogger
 
-from data_modules.demo_videos import write_mp4
-from data_modules.transforms import IMAGENET_MEAN, IMAGENET_STD
-
 STRIPE_RGB = np.array([40.0, 110.0, 255.0], dtype=np.float32)
 MASK_CAPTION = "context tokens as the encoder sees them; target tokens grey with blue stripes; the rest dark"
 
@@ -56,8 +53,8 @@ def mask_pictures(
     masks: Sequence[dict],
     tubelet_size: int,
     patch_size: int,
-    mean: Sequence[float] = IMAGENET_MEAN,
-    std: Sequence[float] = IMAGENET_STD,
+    mean: Optional[Sequence[float]] = None,
+    std: Optional[Sequence[float]] = None,
     num_frames: int = 4,
     min_size: int = 128,
 ) -> dict[str, np.ndarray]:
@@ -69,9 +66,12 @@ def mask_pictures(
         video: normalised clips [B, C, T, H, W].
         masks: per configuration {"context": [B, Kc], "target": [B, Kt]} flat indices into the
             (T / tubelet_size, H / patch_size, W / patch_size) token grid.
+        mean, std: the data's normalisation (default ImageNet's).
         min_size: frames are enlarged (nearest neighbour) to at least this many pixels high.
     """
-    rgb = unnormalise(video, mean, std)  # [B, T, H, W, 3]
+    from data_modules.transforms import IMAGENET_MEAN, IMAGENET_STD  # here: the video libraries load lazily
+
+    rgb = unnormalise(video, mean or IMAGENET_MEAN, std or IMAGENET_STD)  # [B, T, H, W, 3]
     B, T, H, W, _ = rgb.shape
     grid = (T // tubelet_size, H // patch_size, W // patch_size)
     times = np.unique(np.linspace(0, T - 1, min(num_frames, T)).round().astype(int))
@@ -115,6 +115,8 @@ def write_media(media: dict, dirpath: str | Path, step: int, loggers: Sequence =
                 captions: Optional[dict[str, str]] = None) -> list[Path]:
     """Write `media` to `dirpath/stepNNNNNN/<name>.png|.mp4` and log them to the WandbLoggers in `loggers`."""
     from PIL import Image
+
+    from data_modules.demo_videos import write_mp4
 
     folder = Path(dirpath) / f"step{step:06d}"
     folder.mkdir(parents=True, exist_ok=True)
@@ -189,8 +191,8 @@ class MediaLogger(L.Callback):
                 and hasattr(encoder, "patch_size"):
             data = trainer.datamodule
             media.update(mask_pictures(batch["video"], batch["masks"], getattr(encoder, "tubelet_size", 1),
-                                       encoder.patch_size, getattr(data, "mean", IMAGENET_MEAN),
-                                       getattr(data, "std", IMAGENET_STD), num_frames=self.num_frames))
+                                       encoder.patch_size, getattr(data, "mean", None), getattr(data, "std", None),
+                                       num_frames=self.num_frames))
         if callable(getattr(pl_module, "media", None)):
             training = pl_module.training
             pl_module.eval()

@@ -34,7 +34,10 @@ PEAK_TFLOPS: list[tuple[str, dict[str, float]]] = [
     ("l40s", {"bf16": 362.0, "fp16": 362.0, "tf32": 183.0, "fp32": 91.6}),
     ("l40", {"bf16": 181.0, "fp16": 181.0, "tf32": 90.5, "fp32": 90.5}),
     ("l4", {"bf16": 121.0, "fp16": 121.0, "tf32": 60.0, "fp32": 30.3}),
+    ("a10g", {"bf16": 70.0, "fp16": 70.0, "tf32": 35.0, "fp32": 31.2}),
     ("a10", {"bf16": 125.0, "fp16": 125.0, "tf32": 62.5, "fp32": 31.2}),
+    ("rtx 4090", {"bf16": 165.2, "fp16": 165.2, "tf32": 82.6, "fp32": 82.6}),
+    ("rtx 3090", {"bf16": 71.0, "fp16": 71.0, "tf32": 35.6, "fp32": 35.6}),
     ("v100-pcie", {"fp16": 112.0, "fp32": 14.0}),
     ("v100", {"fp16": 125.0, "fp32": 15.7}),
     ("t4", {"fp16": 65.0, "fp32": 8.1}),
@@ -135,10 +138,11 @@ class PerformanceMonitor(L.Callback):
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._peak = self.peak_tflops
-        if self._peak is None and pl_module.device.type == "cuda":
-            self._peak = peak_tflops(torch.cuda.get_device_name(pl_module.device), compute_dtype(str(trainer.precision)))
-        if pl_module.device.type == "cuda":
-            torch.cuda.reset_peak_memory_stats(pl_module.device)
+        device = pl_module.device
+        if device.type == "cuda":
+            if self._peak is None:
+                self._peak = peak_tflops(torch.cuda.get_device_name(device), compute_dtype(str(trainer.precision)))
+            torch.cuda.reset_peak_memory_stats(device)
 
     # -- per step ------------------------------------------------------------------------------------
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
