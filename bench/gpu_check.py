@@ -18,17 +18,16 @@ import time
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+from arjepa_pl.callbacks.performance import peak_tflops
 from arjepa_pl.models import Block, VisionTransformer
 from arjepa_pl.objectives import VJEPA
 from bench.train_step import bench_batches, make_step, time_steps
 
-# Dense bf16 tensor-core peaks (FLOP/s), by substring of torch.cuda.get_device_name().
-PEAK_BF16 = {"H200": 989e12, "H100 PCIe": 756e12, "H100": 989e12, "A100": 312e12, "L40S": 362e12,
-             "A10G": 70e12, "L4": 121e12, "V100": 125e12, "RTX 4090": 165e12, "RTX 3090": 71e12}
-
 
 def peak_flops(name: str) -> float | None:
-    return next((v for k, v in PEAK_BF16.items() if k in name), None)
+    """Dense bf16 peak FLOP/s of the GPU, from the table the training runs' MFU uses."""
+    tflops = peak_tflops(name, "bf16")
+    return None if tflops is None else tflops * 1e12
 
 
 def vitl_vjepa(device: str, tiny: bool = False) -> VJEPA:
