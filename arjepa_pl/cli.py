@@ -9,7 +9,20 @@ from it. A key the chosen classes do not accept is an error naming it.
 from typing import Optional
 
 import lightning.pytorch as L
-from lightning.pytorch.cli import LightningCLI
+import yaml
+from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
+from lightning.pytorch.loggers import WandbLogger
+
+
+class SaveAndLogConfig(SaveConfigCallback):
+    """config.yaml in the run directory (Lightning's), and the same resolved config as the W&B run's config."""
+
+    def save_config(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        loggers = [logger for logger in trainer.loggers if isinstance(logger, WandbLogger)]
+        if loggers:
+            config = yaml.safe_load(self.parser.dump(self.config, skip_none=False))
+            for logger in loggers:
+                logger.log_hyperparams(config)
 
 
 class ArJepaCLI(LightningCLI):
@@ -19,6 +32,7 @@ class ArJepaCLI(LightningCLI):
             datamodule_class=L.LightningDataModule,
             subclass_mode_model=True,
             subclass_mode_data=True,
+            save_config_callback=SaveAndLogConfig,
             # Requeued SLURM jobs write config.yaml into the same run directory again.
             save_config_kwargs={"overwrite": True},
             # Every subcommand parses the config files, so each needs the mode, not just the root parser.

@@ -88,10 +88,10 @@ class VJEPA(PretrainObjective):
         with torch.no_grad():
             targets = self.target_encoder(video)
             targets = F.layer_norm(targets, targets.shape[-1:])
-        tokens = self.encoder.embed(video)  # patchify once, shared by every mask configuration
+        # One encoder call for all configurations: it patchifies once and runs each context subset.
+        contexts = self.encoder(video, [mask["context"] for mask in masks])
         losses = []
-        for i, mask in enumerate(masks):
-            context = self.encoder.forward_tokens(gather_tokens(tokens, mask["context"]))
+        for i, (mask, context) in enumerate(zip(masks, contexts)):
             pred = self.predictor(context, mask["context"], mask["target"], grid, mask_token=i)
             diff = pred - gather_tokens(targets, mask["target"])
             losses.append(diff.abs().pow(self.loss_exp).mean() / self.loss_exp)
@@ -133,7 +133,13 @@ class VJEPA(PretrainObjective):
 
     @torch.no_grad()
     def update_target(self, momentum: float) -> None:
-        """k <- m k + (1 - m) q for every parameter, as one fused op over the parameter lists."""
+        """k <- m k + (1 - m) q for every parameter, as one fused op over the parameter lists.
+
+        Under FSDP2 the teacher is sharded exactly like the student, so this is a shard-local lerp;
+        a root module keeps its weights gathered after forward, so both are resharded first."""
+        for module in (self.encoder, self.target_encoder):
+            if callable(getattr(module, "reshard", None)):  # an FSDP2 module
+                module.reshard()
         online = list(self.encoder.parameters())
         target = list(self.target_encoder.parameters())
         torch._foreach_lerp_(target, online, 1.0 - momentum)
