@@ -1,0 +1,188 @@
+"""Single images for image objectives (I-JEPA): image files, or one frame sampled from each video.
+
+A manifest line may name an image (.jpg, .png, ...: decoded with PyAV, no extra dependency) or a
+video (decord, one frame: random for training, the middle one for evaluation), so the embedded demo
+videos give an image data set with no download. Everything else — manifests, crops, flips,
+normalisation, seeding, the rank-aware ClipSampler, the swappable collate_fn — is the video
+pipeline's, with clips of one frame.
+
+An image folder (ImageNet layout: ROOT/CLASS/IMAGE) is listed once into a manifest:
+
+    python -m data_modules.frames ROOT OUT.csv
+
+rather than scanned by every rank at every start (slow on network file systems at ImageNet size).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+from pathlib import Path
+
+import av
+import numpy as np
+
+from .transforms import IMAGENET_MEAN, IMAGENET_STD
+from .video import VideoDataModule
+from .video_clips import VideoClipDataset
+
+log = logging.getLogger("arjepa_pl.data")
+
+IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".ppm", ".pgm", ".tif", ".tiff"})
+
+
+def is_image(path: str | os.PathLike) -> bool:
+    return Path(path).suffix.lower() in IMAGE_SUFFIXES
+
+
+def read_image(path: str | os.PathLike) -> np.ndarray:
+    """uint8 RGB [H, W, 3] of an image file; errors name the file."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"image not found: {path}")
+    try:
+        with av.open(str(path)) as container:
+            frame = next(container.decode(video=0))
+            return frame.to_ndarray(format="rgb24")
+    except (av.FFmpegError, StopIteration, ValueError) as e:
+        raise RuntimeError(f"could not decode image {path}: {e!r}") from e
+
+
+class FrameDataset(VideoClipDataset):
+    """One image per manifest entry: {"image": [3, crop, crop], "label", "index", "epoch", "position"}.
+
+    Entries that are videos give one frame; randomness (frame, crop, flip) comes from
+    (seed, epoch, index) exactly as for clips.
+    """
+
+    def __init__(
+        self,
+        manifest: str | os.PathLike,
+        crop_size: int,
+        train: bool,
+        seed: int = 0,
+        crop_scale: tuple[float, float] = (0.3, 1.0),
+        crop_ratio: tuple[float, float] = (0.75, 1.35),
+        hflip: bool = True,
+        mean: tuple[float, float, float] = IMAGENET_MEAN,
+        std: tuple[float, float, float] = IMAGENET_STD,
+    ) -> None:
+        if Path(manifest).is_dir():
+            raise ValueError(f"{manifest} is a folder, not a manifest: list it once with "
+                             f"`python -m data_modules.frames {manifest} {Path(manifest).name}.csv` "
+                             "and pass that file")
+        super().__init__(manifest, frames_per_clip=1, frame_step=1, crop_size=crop_size, train=train, seed=seed,
+                         crop_scale=crop_scale, crop_ratio=crop_ratio, hflip=hflip, mean=mean, std=std)
+
+    def __getitem__(self, key) -> dict:
+        sample = super().__getitem__(key)
+        sample["image"] = sample.pop("video")[:, 0]  # [3, 1, S, S] -> [3, S, S]
+        return sample
+
+    def _decode(self, path: str, rng: np.random.Generator) -> np.ndarray:
+        """uint8 [1, H, W, 3]: the image, or one frame of the video (the clip decoder with 1-frame clips)."""
+        if is_image(path):
+            return read_image(path)[None]
+        return super()._decode(path, rng)
+
+
+class FrameDataModule(VideoDataModule):
+    """Images from manifests of image files and/or videos (one frame each); with no train_manifest,
+    frames of the embedded demo videos. Batches: {"image": [B, 3, S, S], "label", "index", ...}.
+
+    Args:
+        train_manifest: Training manifest ('PATH LABEL' lines; PATH an image or a video); None uses the demo set.
+        val_manifest: Validation manifest; None means the demo val set when training on the demo, else no validation.
+        demo_dir: Where the demo set is generated and cached; None uses $ARJEPA_DEMO_DIR or ~/.cache/arjepa_pl/demo.
+        crop_size: Side in pixels of the square crop fed to the model.
+        batch_size: Images per batch on each device.
+        num_workers: DataLoader worker processes per device (0 decodes in the main process).
+        seed: Seed of the shuffle order and of every image's augmentation.
+        crop_scale: Range of the random crop's area, as a fraction of the image.
+        crop_ratio: Range of the random crop's aspect ratio (width / height), sampled log-uniformly.
+        hflip: Randomly flip training images horizontally (p = 0.5).
+        mean: Per-channel (RGB) mean for normalisation, on the 0-1 scale.
+        std: Per-channel (RGB) std for normalisation, on the 0-1 scale.
+        pin_memory: Pin batches in page-locked memory (faster host-to-GPU copies).
+        persistent_workers: Keep workers alive between epochs (only used when num_workers > 0).
+        drop_last: Drop the last incomplete training batch on each device.
+    """
+
+    def __init__(
+        self,
+        train_manifest: str | None = None,
+        val_manifest: str | None = None,
+        demo_dir: str | None = None,
+        crop_size: int = 224,
+        batch_size: int = 32,
+        num_workers: int = 2,
+        seed: int = 0,
+        crop_scale: tuple[float, float] = (0.3, 1.0),
+        crop_ratio: tuple[float, float] = (0.75, 1.35),
+        hflip: bool = True,
+        mean: tuple[float, float, float] = IMAGENET_MEAN,
+        std: tuple[float, float, float] = IMAGENET_STD,
+        pin_memory: bool = False,
+        persistent_workers: bool = False,
+        drop_last: bool = True,
+    ) -> None:
+        super().__init__(train_manifest=train_manifest, val_manifest=val_manifest, demo_dir=demo_dir,
+                         frames_per_clip=1, frame_step=1, crop_size=crop_size, batch_size=batch_size,
+                         num_workers=num_workers, seed=seed, crop_scale=crop_scale, crop_ratio=crop_ratio,
+                         hflip=hflip, mean=mean, std=std, pin_memory=pin_memory,
+                         persistent_workers=persistent_workers, drop_last=drop_last)
+
+    def setup(self, stage: str | None = None) -> None:
+        train_manifest, val_manifest = self._manifests()
+        if self.trainer is not None:
+            self.world_size, self.rank = self.trainer.world_size, self.trainer.global_rank
+        args = dict(crop_size=self.crop_size, seed=self.seed, crop_scale=self.crop_scale, crop_ratio=self.crop_ratio,
+                    hflip=self.hflip, mean=self.mean, std=self.std)
+        self.train_dataset = FrameDataset(train_manifest, train=True, **args)
+        self.val_dataset = FrameDataset(val_manifest, train=False, **args) if val_manifest else None
+        if self.rank == 0:
+            val_info = f"{len(self.val_dataset)} val images" if self.val_dataset else "no validation"
+            log.info(f"image data: {len(self.train_dataset)} train images ({train_manifest}), {val_info}")
+
+
+def list_image_folder(root: str | os.PathLike) -> list[tuple[str, int]]:
+    """[(absolute image path, label)] of a folder, sorted by path.
+
+    ImageNet layout: with class sub-folders, label = index of the sorted sub-folder, and images
+    anywhere below it belong to it; with none, every image directly in `root` has label 0.
+    """
+    root = Path(root).resolve()
+    if not root.is_dir():
+        raise NotADirectoryError(f"not a folder: {root}")
+    classes = sorted(d for d in root.iterdir() if d.is_dir())
+    if classes:
+        found = [(p, label) for label, d in enumerate(classes) for p in d.rglob("*") if p.is_file() and is_image(p)]
+    else:
+        found = [(p, 0) for p in root.iterdir() if p.is_file() and is_image(p)]
+    if not found:
+        raise ValueError(f"no images ({', '.join(sorted(IMAGE_SUFFIXES))}) in {root}")
+    return sorted((str(p), label) for p, label in found)
+
+
+def write_image_folder_manifest(root: str | os.PathLike, out: str | os.PathLike) -> int:
+    """Write the manifest of an image folder ('PATH LABEL' lines, absolute paths); returns the count."""
+    samples = list_image_folder(root)
+    spaced = [p for p, _ in samples if any(c.isspace() for c in p)]
+    if spaced:
+        raise ValueError(f"{len(spaced)} image paths contain whitespace, which the manifest format cannot hold, "
+                         f"e.g. {spaced[0]!r}")
+    Path(out).write_text("".join(f"{p} {label}\n" for p, label in samples), encoding="utf-8")
+    return len(samples)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description="List an image folder (ROOT/CLASS/IMAGE) as a manifest.")
+    parser.add_argument("root", help="image folder; class sub-folders give the labels")
+    parser.add_argument("out", help="manifest file to write")
+    args = parser.parse_args(argv)
+    n = write_image_folder_manifest(args.root, args.out)
+    print(f"wrote {n} images to {args.out}")
+
+
+if __name__ == "__main__":
+    main()
