@@ -92,20 +92,9 @@ class FrameDataModule(VideoDataModule):
 
     Args:
         train_manifest: Training manifest ('PATH LABEL' lines; PATH an image or a video); None uses the demo set.
-        val_manifest: Validation manifest; None means the demo val set when training on the demo, else no validation.
-        demo_dir: Where the demo set is generated and cached; None uses $ARJEPA_DEMO_DIR or ~/.cache/arjepa_pl/demo.
         crop_size: Side in pixels of the square crop fed to the model.
         batch_size: Images per batch on each device.
-        num_workers: DataLoader worker processes per device (0 decodes in the main process).
-        seed: Seed of the shuffle order and of every image's augmentation.
-        crop_scale: Range of the random crop's area, as a fraction of the image.
-        crop_ratio: Range of the random crop's aspect ratio (width / height), sampled log-uniformly.
-        hflip: Randomly flip training images horizontally (p = 0.5).
-        mean: Per-channel (RGB) mean for normalisation, on the 0-1 scale.
-        std: Per-channel (RGB) std for normalisation, on the 0-1 scale.
-        pin_memory: Pin batches in page-locked memory (faster host-to-GPU copies).
-        persistent_workers: Keep workers alive between epochs (only used when num_workers > 0).
-        drop_last: Drop the last incomplete training batch on each device.
+        The others: as data_modules.VideoDataModule (a "clip" here is one image).
     """
 
     def __init__(
@@ -140,6 +129,11 @@ class FrameDataModule(VideoDataModule):
                     hflip=self.hflip, mean=self.mean, std=self.std)
         self.train_dataset = FrameDataset(train_manifest, train=True, **args)
         self.val_dataset = FrameDataset(val_manifest, train=False, **args) if val_manifest else None
+        per_rank = len(self.train_dataset) // self.world_size
+        if self.drop_last and per_rank < self.batch_size:
+            # Otherwise every epoch is empty and fit ends at step 0 without a word.
+            raise ValueError(f"{train_manifest}: {per_rank} training images per device, fewer than batch_size "
+                             f"{self.batch_size} with drop_last: no batch. Lower batch_size or set drop_last: false")
         if self.rank == 0:
             val_info = f"{len(self.val_dataset)} val images" if self.val_dataset else "no validation"
             log.info(f"image data: {len(self.train_dataset)} train images ({train_manifest}), {val_info}")
