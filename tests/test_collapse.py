@@ -143,7 +143,7 @@ def test_collapse_features_names_and_shapes():
     assert feats["target"].shape == (4, 2 * 2 * 2, 32)  # every token of the clip
     assert feats["context"].shape[:2] == batch["masks"][0]["context"].shape
     assert feats["predicted"].shape[:2] == batch["masks"][0]["target"].shape
-    assert model.collapse_watch == ("target",)
+    assert model.collapse_watch == {"rankme": ("target",), "std": ("target", "context")}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -153,7 +153,7 @@ def test_collapse_features_names_and_shapes():
 class Shrinking(L.LightningModule):
     """Features = x @ W with W pulled towards one direction by every step: a collapse on demand."""
 
-    collapse_watch = ("features",)
+    collapse_watch = {"rankme": ("features",), "std": ("features",)}
 
     def __init__(self, collapse_from: int = 4):
         super().__init__()
@@ -214,6 +214,22 @@ def test_monitor_stays_quiet_on_a_healthy_model_and_keeps_its_state(tmp_path):
     restored = CollapseMonitor()
     restored.load_state_dict(monitor.state_dict())
     assert restored.early_rankme == monitor.early_rankme and restored.alarm is None
+
+
+def test_alarm_rules_per_statistic():
+    # The JEPA defaults, on values measured on the demo data: a healthy run's context RankMe falls
+    # to ~0.2x its start while its spread stays high; a student collapsing under a lagging EMA
+    # teacher shows in its spread first.
+    monitor = CollapseMonitor(rank_fraction=0.2, std_floor=0.1, watch_rankme=["target"], watch_std=["target", "context"])
+    monitor.early_rankme = {"target": 20.4, "context": 14.5, "predicted": 7.8}
+    healthy = {"collapse/target_rankme": 16.8, "collapse/target_std": 0.73, "collapse/context_rankme": 2.83,
+               "collapse/context_std": 0.81, "collapse/predicted_rankme": 2.2, "collapse/predicted_std": 0.059}
+    assert monitor.check(healthy) == []
+    assert monitor.check({**healthy, "collapse/context_std": 0.07}) == ["context normalised std 0.0700 < floor 0.1"]
+    assert monitor.check({**healthy, "collapse/target_rankme": 2.5}) == ["target RankMe 2.50 < 0.2 x its early value 20.40"]
+    everything = CollapseMonitor(rank_fraction=0.2, std_floor=0.1)  # no watch lists, no module: all names
+    everything.early_rankme = dict(monitor.early_rankme)
+    assert len(everything.check(healthy)) == 2  # context RankMe and predicted std
 
 
 def test_monitor_refuses_a_module_without_the_protocol(tmp_path):

@@ -35,9 +35,10 @@ class ExposesCollapseFeatures(Protocol):
         """Named feature tensors [..., D] (e.g. {"target": [B, N, D], "context": ..., "predicted": ...})
         computed from `batch`, a training batch as the DataLoader delivers it. Called under no_grad.
 
-        Optionally the module also has `collapse_watch`: the names whose collapse means the model's
-        representation collapsed (the monitor's default `watch`). Other names are only logged, e.g.
-        a JEPA predictor's outputs, which are near-constant early in every healthy run.
+        Optionally the module also has `collapse_watch = {"rankme": names, "std": names}`: which
+        statistic of which feature set may raise the alarm (the monitor's defaults for `watch_rankme`
+        and `watch_std`). The rest is only logged, e.g. a JEPA predictor's outputs, which are
+        near-constant early in every healthy run.
         """
         ...
 
@@ -52,8 +53,8 @@ class CollapseMonitor(L.Callback):
         std_floor: alarm when a watched normalised std (~1 for isotropic features, 0 when collapsed)
             falls below this.
         early_steps: the window, in optimizer steps from the start, that defines the early RankMe.
-        watch: feature names the alarm looks at (None: the module's `collapse_watch`, or else every
-            name it returns); the others are only logged.
+        watch_rankme / watch_std: feature names whose RankMe / std the alarm looks at (None: the
+            module's `collapse_watch`, or else every name it returns); the rest is only logged.
         max_rows: feature vectors used per measurement, a fixed subset (RankMe costs an SVD of max_rows x D).
         stop_on_alarm: on alarm, save a checkpoint and stop the run.
         checkpoint_dir: where that checkpoint goes (None: the ModelCheckpoint's folder, else
@@ -66,7 +67,8 @@ class CollapseMonitor(L.Callback):
         rank_fraction: float = 0.2,
         std_floor: float = 0.1,
         early_steps: int = 0,
-        watch: Optional[Sequence[str]] = None,
+        watch_rankme: Optional[Sequence[str]] = None,
+        watch_std: Optional[Sequence[str]] = None,
         max_rows: int = 4096,
         stop_on_alarm: bool = False,
         checkpoint_dir: Optional[str] = None,
@@ -83,8 +85,9 @@ class CollapseMonitor(L.Callback):
             raise ValueError(f"max_rows must be >= 2, got {max_rows}")
         self.every_n_steps, self.rank_fraction, self.std_floor = every_n_steps, rank_fraction, std_floor
         self.early_steps, self.max_rows = early_steps, max_rows
-        self.watch = tuple(watch) if watch is not None else None
-        self._watch = self.watch  # what the alarm looks at: `watch`, or the module's choice (setup)
+        self.watch = {"rankme": None if watch_rankme is None else tuple(watch_rankme),
+                      "std": None if watch_std is None else tuple(watch_std)}
+        self._watch = dict(self.watch)  # what the alarm looks at: `watch_*`, or the module's choice (setup)
         self.stop_on_alarm, self.checkpoint_dir = stop_on_alarm, checkpoint_dir
         # Saved in checkpoints, so a resumed run keeps its baseline and does not warn twice.
         self.early_rankme: dict[str, float] = {}
@@ -103,8 +106,9 @@ class CollapseMonitor(L.Callback):
                 "collapse_features(batch) -> {name: features [..., D]} "
                 "(see arjepa_pl.callbacks.collapse.ExposesCollapseFeatures); remove the callback for this objective"
             )
-        module_watch = getattr(pl_module, "collapse_watch", None)
-        self._watch = self.watch if self.watch is not None or module_watch is None else tuple(module_watch)
+        module_watch = getattr(pl_module, "collapse_watch", None) or {}
+        self._watch = {stat: names if names is not None else module_watch.get(stat)
+                       for stat, names in self.watch.items()}
 
     def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int) -> None:
         if self._held is None:
@@ -165,7 +169,8 @@ class CollapseMonitor(L.Callback):
         reasons = []
         for key, value in metrics.items():
             name, _, stat = key[len("collapse/"):].rpartition("_")
-            if self._watch is not None and name not in self._watch:
+            watched = self._watch.get(stat)
+            if watched is not None and name not in watched:
                 continue
             early = self.early_rankme.get(name)
             if stat == "rankme" and early is not None and value < self.rank_fraction * early:
@@ -186,9 +191,9 @@ class CollapseMonitor(L.Callback):
         rank_zero_warn(
             f"CollapseMonitor: representation collapse suspected at step {step}: {'; '.join(reasons)}. "
             "The features are losing their spread, so a falling loss no longer means learning. "
-            "Try, in this order: a slower teacher (ema_momentum closer to 1, e.g. [0.998, 1.0]), a lower "
-            "learning rate or a longer warm-up, the VICReg terms (vicreg_var_coeff: 1.0, vicreg_cov_coeff: 0.04), "
-            f"and masks that leave more context. See {README_SECTION}.{action}",
+            "Try, one at a time: a lower learning rate or a longer warm-up; a slower EMA teacher "
+            "(ema_momentum closer to 1, e.g. [0.998, 1.0]); the VICReg terms (vicreg_var_coeff: 1.0, "
+            f"vicreg_cov_coeff: 0.04). See {README_SECTION}.{action}",
             category=UserWarning,
         )
 

@@ -191,12 +191,15 @@ class JEPA(PretrainObjective):
         terms = self.jepa_terms(batch)
         return terms["loss"], [terms[f"loss_mask{i}"] for i in range(len(self.masks))]
 
-    # What the collapse alarm watches: the targets, i.e. the teacher's features of the whole input
-    # (in stop_grad mode, the student's own). The student's context features and the predictor's
-    # outputs are logged too but do not raise the alarm: on the demo data a healthy student's
-    # context RankMe drops to ~0.2x its value at initialisation within 40 steps (most context tokens
-    # are plain background), and a healthy predictor outputs the mean target for its first steps.
-    collapse_watch = ("target",)
+    # What may raise the collapse alarm (measured on the demo data, see the README's collapse section):
+    # - RankMe of the targets (the teacher's features of the whole input; in stop_grad mode the
+    #   student's own), not of the student's context features: a healthy student's context RankMe
+    #   drops to ~0.2x its value at initialisation within 40 steps (most context tokens are plain
+    #   background) while its spread stays > 0.45;
+    # - the normalised std of targets and context: a student collapsing under a lagging EMA teacher
+    #   shows here (0.07 by step 10) long before the teacher's RankMe follows.
+    # The predictor's outputs are only logged: a healthy predictor outputs the mean target at first.
+    collapse_watch = {"rankme": ("target",), "std": ("target", "context")}
 
     @torch.no_grad()
     def collapse_features(self, batch: dict) -> dict[str, torch.Tensor]:
