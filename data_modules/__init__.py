@@ -2,13 +2,14 @@
 handling, tar shards and streaming, mixing, resumable loaders, and a demo set.
 
 Knows nothing of models: batches are dicts {"video": [B, 3, T, S, S], "label", "index", "epoch",
-"position", "skipped"}.
+"position", "skipped"} (or "image": [B, 3, S, S] from FrameDataModule).
 """
 
 from .bad_samples import BadSampleGuard, SkippedVideosReport, TooManyBadVideos
 from .clips import ClipOptions, load_clip
 from .decoding import BadVideo
 from .demo_videos import DemoManifests, default_demo_dir, ensure_demo_videos
+from .frames import FrameDataModule, FrameDataset
 from .manifest import read_manifest
 from .resumable import ResumableDataLoader
 from .samplers import ClipSampler, WeightedClipSampler
@@ -27,6 +28,8 @@ __all__ = [
     "VideoClipDataset",
     "ClipOptions",
     "load_clip",
+    "FrameDataModule",
+    "FrameDataset",
     "ClipSampler",
     "WeightedClipSampler",
     "ResumableDataLoader",

@@ -93,7 +93,12 @@ class ClipOptions:
 def load_clip(source: str | bytes, options: ClipOptions, rng: np.random.Generator, train: bool) -> torch.Tensor:
     """Clip tensor [3, T, S, S], or [V, 3, T, S, S] for several views (V = num_clips, times
     eval_views at evaluation). Raises BadVideo, naming the reason, for any unusable video."""
-    frames = decode_frames(source, options, rng if train else None)
+    return augment_clips(decode_frames(source, options, rng if train else None), options, rng, train)
+
+
+def augment_clips(frames: np.ndarray, options: ClipOptions, rng: np.random.Generator, train: bool) -> torch.Tensor:
+    """uint8 frames [num_clips, T, H, W, 3] -> clip tensor(s) as load_clip returns them: a random
+    crop and flip per clip (the same for all its frames) in training, fixed views at evaluation."""
     clips = []
     for clip in frames:
         height, width = clip.shape[1:3]

@@ -189,6 +189,7 @@ class VideoDataModule(ClipDataModule):
     """
 
     val_option = "val_manifest"
+    dataset_class = VideoClipDataset  # what one manifest entry becomes (FrameDataModule: one image)
 
     def __init__(
         self,
@@ -230,8 +231,8 @@ class VideoDataModule(ClipDataModule):
         train_manifest, val_manifest = self._manifests()
         args = dict(seed=self.seed, max_retries=self.max_retries, max_bad_fraction=self.max_bad_fraction,
                     **vars(self.clip_options))
-        self.train_dataset = VideoClipDataset(train_manifest, train=True, **args)
-        self.val_dataset = VideoClipDataset(val_manifest, train=False, **args) if val_manifest else None
+        self.train_dataset = self.dataset_class(train_manifest, train=True, **args)
+        self.val_dataset = self.dataset_class(val_manifest, train=False, **args) if val_manifest else None
         if self.mix_weights is not None and len(self.mix_weights) != len(self.train_dataset.source_sizes):
             raise ValueError(f"mix_weights has {len(self.mix_weights)} weights for "
                              f"{len(self.train_dataset.source_sizes)} train manifests")

@@ -76,7 +76,7 @@ class VideoClipDataset(Dataset):
         def load(i: int, attempt: int):
             words = [self.seed, epoch, index] if attempt == 0 else [self.seed, epoch, index, attempt]
             path, label = self.samples[i]
-            return load_clip(path, self.options, np.random.default_rng(words), self.train), label
+            return self.load(path, np.random.default_rng(words)), label
 
         def replacement(attempt: int) -> int:
             source = int(np.searchsorted(self._source_starts, index, side="right")) - 1
@@ -86,6 +86,10 @@ class VideoClipDataset(Dataset):
         (video, label), skipped = self.guard.load(index, load, replacement, lambda i: self.samples[i][0])
         return {"video": video, "label": label, "index": index, "epoch": epoch, "position": position,
                 "skipped": "\n".join(skipped)}
+
+    def load(self, path: str, rng: np.random.Generator):
+        """One entry's clip tensor; raises BadVideo for an unusable file (subclasses read other media)."""
+        return load_clip(path, self.options, rng, self.train)
 
     def _unpack_key(self, key) -> tuple[int, int, int]:
         if isinstance(key, numbers.Integral):

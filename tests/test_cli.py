@@ -99,13 +99,14 @@ def _logged(run_dir: Path, key: str) -> list[float]:
 def test_short_fit_on_demo_data_lowers_the_loss_and_checkpoints(tmp_path, demo_manifests):
     run_dir = tmp_path / "run"
     # A CSV logger instead of the config's W&B one (tests/test_wandb.py reads W&B's files): metrics.csv is simple to read.
-    ArJepaCLI(args=["fit", "--config", str(REPO / "configs/vjepa.yaml"), "--trainer.default_root_dir", str(run_dir),
-                    "--trainer.logger", "lightning.pytorch.loggers.CSVLogger", "--trainer.logger.init_args.name", "logs",
-                    "--trainer.max_steps", "40", "--trainer.val_check_interval", "20", "--trainer.log_every_n_steps", "1",
-                    "--trainer.limit_val_batches", "2", "--trainer.enable_progress_bar", "false",
-                    "--data.train_manifest", str(demo_manifests.train), "--data.val_manifest", str(demo_manifests.val),
-                    "--data.frames_per_clip", "8", "--data.batch_size", "4", "--data.num_workers", "2",
-                    "--model.init_args.warmup_steps", "5"])
+    # `--trainer.callbacks.every_n_steps` sets the last callback's: the collapse monitor measures every 5 steps.
+    cli = ArJepaCLI(args=["fit", "--config", str(REPO / "configs/vjepa.yaml"), "--trainer.default_root_dir", str(run_dir),
+                          "--trainer.logger", "lightning.pytorch.loggers.CSVLogger", "--trainer.logger.init_args.name", "logs",
+                          "--trainer.max_steps", "40", "--trainer.val_check_interval", "20", "--trainer.log_every_n_steps", "1",
+                          "--trainer.limit_val_batches", "2", "--trainer.enable_progress_bar", "false",
+                          "--data.train_manifest", str(demo_manifests.train), "--data.val_manifest", str(demo_manifests.val),
+                          "--data.frames_per_clip", "8", "--data.batch_size", "4", "--data.num_workers", "2",
+                          "--model.init_args.warmup_steps", "5", "--trainer.callbacks.every_n_steps", "5"])
     losses = _logged(run_dir, "train/loss")
     assert len(losses) == 40
     assert sum(losses[-10:]) / 10 < 0.8 * sum(losses[:5]) / 5, losses
@@ -115,3 +116,8 @@ def test_short_fit_on_demo_data_lowers_the_loss_and_checkpoints(tmp_path, demo_m
         assert _logged(run_dir, key), key
     assert (run_dir / "checkpoints" / "last.ckpt").is_file()
     assert (run_dir / "logs" / "version_0" / "config.yaml").is_file()
+    # A healthy run: the collapse monitor measured 8 times (steps 0, 5, ..., 35) and stayed quiet
+    # (tests/test_collapse.py shows it firing on a deliberately collapsing run).
+    (monitor,) = [c for c in cli.trainer.callbacks if type(c).__name__ == "CollapseMonitor"]
+    assert len(_logged(run_dir, "collapse/target_rankme")) == 8
+    assert monitor.alarm is None, monitor.history

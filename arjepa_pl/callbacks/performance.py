@@ -172,7 +172,9 @@ class PerformanceMonitor(L.Callback):
                 self.flops_per_clip = self._counter.get_total_flops() / clips
             self._counter = None
         now = time.perf_counter()
-        if self._wait is not None and not counted:  # the counted step ran slower
+        # Skip the counted step (it ran slower) and one interrupted mid-step (another callback saved a
+        # checkpoint, which resets _last_end).
+        if self._wait is not None and self._last_end is not None and not counted:
             self._steps.append((now - self._last_end, self._wait, clips, tokens))
         self._last_end = now
         if self._steps:
