@@ -5,8 +5,10 @@ repository root on PYTHONPATH)."""
 import copy
 import json
 import os
+import signal
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import lightning.pytorch as L
@@ -45,22 +47,27 @@ def tiny_run_args(run_dir: Path, manifests, steps: int, batch: int, every: int) 
     ]
 
 
-def run_cli(args: list[str], timeout: int = 300, **env) -> subprocess.CompletedProcess:
+def run_cli(args: list[str], timeout: int = 300, returncode: int = 0, **env) -> subprocess.CompletedProcess:
+    """`python -m arjepa_pl fit ARGS` in a subprocess; asserts its exit status."""
     done = subprocess.run([sys.executable, "-m", "arjepa_pl", "fit", *args], cwd=REPO, env=cli_env(**env),
                           capture_output=True, text=True, timeout=timeout)
-    assert done.returncode == 0, f"exit {done.returncode}\n{done.stdout[-3000:]}\n{done.stderr[-5000:]}"
+    assert done.returncode == returncode, f"exit {done.returncode}\n{done.stdout[-3000:]}\n{done.stderr[-5000:]}"
     return done
 
 
-def load_weights(path: Path) -> dict[str, torch.Tensor]:
-    """The model weights of a full (.ckpt file) or sharded (directory) checkpoint."""
+def load_checkpoint(path: Path) -> dict:
+    """A full (.ckpt file) checkpoint, or the tensors of a sharded (directory) one, gathered."""
     if path.is_dir():
         from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
 
-        out = path.parent / f"{path.name}.pt"
-        dcp_to_torch_save(path, out)
-        return torch.load(out, weights_only=True)["state_dict"]
-    return torch.load(path, weights_only=True)["state_dict"]
+        with tempfile.TemporaryDirectory() as tmp:
+            dcp_to_torch_save(path, Path(tmp) / "full.pt")
+            return torch.load(Path(tmp) / "full.pt", weights_only=True)
+    return torch.load(path, weights_only=True)
+
+
+def load_weights(path: Path) -> dict[str, torch.Tensor]:
+    return load_checkpoint(path)["state_dict"]
 
 
 def max_abs_diff(a: dict, b: dict) -> float:
@@ -94,6 +101,17 @@ class SameMaskData(VideoDataModule):
     @collate_fn.setter
     def collate_fn(self, fn):
         self._collate_fn = SameMasks(fn) if isinstance(fn, MaskCollator) else fn
+
+
+class KillAt(L.Callback):
+    """kill -9 this process right after optimizer step `step` (before that step's checkpoint)."""
+
+    def __init__(self, step: int):
+        self.step = step
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        if trainer.global_step == self.step:
+            os.kill(os.getpid(), signal.SIGKILL)
 
 
 class ShardReport(L.Callback):
