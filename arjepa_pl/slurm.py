@@ -68,8 +68,9 @@ class SlurmRequeue(L.Callback):
         run_dir = Path(trainer.default_root_dir)
         previous = preemption_checkpoints(run_dir)
         path = trainer.strategy.broadcast(str(run_dir / f"hpc_ckpt_{previous[-1][0] + 1 if previous else 1}.ckpt"))
-        log.warning(f"SLURM pre-emption signal: saving {path} at step {trainer.global_step} and requeueing")
-        trainer.save_checkpoint(path)
+        if trainer.is_global_zero:
+            log.warning(f"SLURM pre-emption signal: saving {path} at step {trainer.global_step} and requeueing")
+        trainer.save_checkpoint(path, weights_only=False)
         if trainer.is_global_zero:
             for _, old in previous:  # the new one supersedes them
                 trainer.strategy.remove_checkpoint(old)
