@@ -34,6 +34,10 @@ def block_units(module: nn.Module) -> Iterator[nn.Module]:
             yield m
 
 
+def has_trainable_parameters(module: nn.Module) -> bool:
+    return any(p.requires_grad for p in module.parameters())
+
+
 def apply_activation_checkpointing(module: nn.Module) -> int:
     """Wrap every Block of `module` in a (non-reentrant) activation checkpoint; returns how many.
 
@@ -93,6 +97,20 @@ def apply_fsdp2(model: nn.Module, mesh, mp_policy=None) -> list[nn.Module]:
         fully_shard(child, **kwargs)
         roots.append(child)
     return roots
+
+
+def parallelize(model: nn.Module, activation_checkpointing: bool = False, compile: bool = False, mesh=None,
+                mp_policy=None) -> None:
+    """Everything above, in order, on the child networks of `model` (an objective): activation
+    checkpointing of the trainable ones, compile of every block unit, FSDP2 when a mesh is given."""
+    if activation_checkpointing:
+        for network in model.children():
+            if has_trainable_parameters(network):  # the EMA teacher keeps no activations
+                apply_activation_checkpointing(network)
+    if compile:
+        compile_blocks(model)
+    if mesh is not None:
+        apply_fsdp2(model, mesh, mp_policy)
 
 
 def co_sharded(a: nn.Module, b: nn.Module) -> bool:

@@ -89,18 +89,12 @@ class PretrainObjective(L.LightningModule):
                 self.hparams[key] = [asdict(v) if is_dataclass(v) else v for v in value]
 
     def configure_model(self) -> None:
-        """Activation checkpointing, then compile, then FSDP2 sharding: torchtitan's order (compile sees
-        the checkpointed blocks; FSDP2 shards what will run). Lightning calls this hook once per
-        fit/validate/test in the strategy's environment; the work is done once."""
+        """Activation checkpointing, compile, then FSDP2 on the strategy's mesh (arjepa_pl.parallel.parallelize).
+        Lightning calls this hook for every fit/validate/test, in the strategy's environment; the work is
+        done once."""
         if self._parallelized:
             return
         self._parallelized = True
-        if self.activation_checkpointing:
-            for network in self.children():
-                if parallel.has_trainable_parameters(network):  # the EMA teacher keeps no activations
-                    parallel.apply_activation_checkpointing(network)
-        if self.compile_blocks:
-            parallel.compile_blocks(self)
         mesh = self._device_mesh
         if mesh is not None:
             if "tensor_parallel" in (mesh.mesh_dim_names or ()) and mesh["tensor_parallel"].size() > 1:
@@ -108,7 +102,9 @@ class PretrainObjective(L.LightningModule):
                                  "(arjepa_pl.strategies.FSDP2Strategy does)")
             if "data_parallel" in (mesh.mesh_dim_names or ()):
                 mesh = mesh["data_parallel"]
-            parallel.apply_fsdp2(self, mesh, parallel.fsdp_mixed_precision(self.trainer.precision))
+        precision = self._trainer.precision if self._trainer is not None else None
+        parallel.parallelize(self, self.activation_checkpointing, self.compile_blocks, mesh,
+                             parallel.fsdp_mixed_precision(precision) if mesh is not None else None)
 
     @property
     def total_steps(self) -> int:
