@@ -70,7 +70,7 @@ class FSDP2Strategy(ModelParallelStrategy):
         return wrap_load_errors(checkpoint_path, lambda: super(FSDP2Strategy, self).load_checkpoint(checkpoint_path, weights_only))
 
 
-# Names for `--trainer.strategy` (registered when arjepa_pl is imported, as the CLI does).
+# Names for `--trainer.strategy`, registered when this module is imported (the CLI imports it).
 for _name, _sharded in (("fsdp2", True), ("fsdp2_full", False)):
     if _name not in StrategyRegistry:
         StrategyRegistry.register(_name, FSDP2Strategy, description="FSDP2 per transformer block, teacher co-sharded",
