@@ -71,6 +71,8 @@ class SlurmRequeue(L.Callback):
         if trainer.is_global_zero:
             log.warning(f"SLURM pre-emption signal: saving {path} at step {trainer.global_step} and requeueing")
         trainer.save_checkpoint(path, weights_only=False)
+        for logger in trainer.loggers:
+            logger.save()  # flush what is buffered: requeueing ends this job right away
         if trainer.is_global_zero:
             for _, old in previous:  # the new one supersedes them
                 trainer.strategy.remove_checkpoint(old)

@@ -30,14 +30,19 @@ def cli_env(**extra) -> dict:
     return env
 
 
-def tiny_run_args(run_dir: Path, manifests, steps: int, batch: int, every: int) -> list[str]:
-    """A V-JEPA run small enough for a 2-core CPU: 8 frames of 32x32, 2-layer encoder, no validation."""
+def tiny_run_args(run_dir: Path, manifests, steps: int, batch: int, every: int, logger: bool = False) -> list[str]:
+    """A V-JEPA run small enough for a 2-core CPU: 8 frames of 32x32, 2-layer encoder, no validation,
+    a checkpoint every `every` steps and no other callback; no logger unless `logger` (the config's)."""
+    checkpoints = {"class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
+                   "init_args": {"dirpath": str(run_dir / "checkpoints"), "filename": "step{step:06d}",
+                                 "auto_insert_metric_name": False, "every_n_train_steps": every,
+                                 "save_last": True, "save_top_k": -1}}
     return [
         "--config", str(REPO / "configs/vjepa.yaml"),
         "--trainer.default_root_dir", str(run_dir), "--trainer.max_steps", str(steps),
         "--trainer.limit_val_batches", "0", "--trainer.enable_progress_bar", "false",
         "--trainer.enable_model_summary", "false", "--trainer.log_every_n_steps", "1",
-        "--trainer.callbacks.every_n_train_steps", str(every),
+        f"--trainer.callbacks={json.dumps([checkpoints])}", *([] if logger else ["--trainer.logger", "false"]),
         "--data.train_manifest", str(manifests.train), "--data.frames_per_clip", "8", "--data.crop_size", "32",
         "--data.batch_size", str(batch), "--data.num_workers", "0",
         "--model.init_args.encoder.init_args.embed_dim", "32", "--model.init_args.encoder.init_args.depth", "2",

@@ -1,6 +1,6 @@
 """A real SLURM pre-emption: the sbatch template runs a 2-task CPU DDP job, `scancel --signal=USR1`
-pre-empts it mid-run, the job checkpoints and requeues itself, and the requeued job resumes and
-ends with the same weights, bit for bit, as an uninterrupted job. Needs a SLURM cluster
+pre-empts it mid-run, the job checkpoints and requeues itself, and the requeued job resumes (same
+run directory, same W&B run) and ends with the same weights, bit for bit, as an uninterrupted job. Needs a SLURM cluster
 (.ci/start_slurm.sh starts a one-node one); skipped where there is none."""
 
 import os
@@ -48,11 +48,11 @@ def wait_for(what: str, condition, timeout: float = 240.0):
     raise AssertionError(f"timed out waiting for {what}")
 
 
-def submit(run_dir: Path, manifests) -> str:
+def submit(run_dir: Path, manifests, logger: bool = False) -> str:
     # The GPU template on 2 CPUs: 2 tasks, no GPUs; 12 clips in global batches of 12, so the
     # pre-emption checkpoint, wherever it falls, is at an epoch end (see the mid-epoch note in
     # test_resume.py's kill -9 test).
-    args = [*tiny_run_args(run_dir, manifests, steps=STEPS, batch=6, every=EVERY),
+    args = [*tiny_run_args(run_dir, manifests, steps=STEPS, batch=6, every=EVERY, logger=logger),
             "--trainer.accelerator", "cpu", "--trainer.strategy", "ddp"]
     env = cli_env(PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
     done = subprocess.run(["sbatch", "--parsable", "--ntasks-per-node=2", "--gpus-per-node=0", "--cpus-per-task=1",
@@ -63,7 +63,7 @@ def submit(run_dir: Path, manifests) -> str:
 
 def test_preempted_job_requeues_and_ends_like_an_uninterrupted_one(tmp_path, demo_manifests):
     preempted, straight = tmp_path / "preempted", tmp_path / "straight"
-    job = submit(preempted, demo_manifests)
+    job = submit(preempted, demo_manifests, logger=True)  # the config's W&B logger (offline in tests)
     reference = submit(straight, demo_manifests)  # runs when the first job leaves the 2 CPUs
     try:
         # Mid-run: once the first periodic checkpoint is written, warn the job as SLURM would at its time limit.
@@ -85,6 +85,10 @@ def test_preempted_job_requeues_and_ends_like_an_uninterrupted_one(tmp_path, dem
     saved = re.search(r"saving (\S+hpc_ckpt_1\.ckpt) at step (\d+)", log)
     assert saved and EVERY <= int(saved.group(2)) < STEPS, log[-5000:]
     assert f"resuming from {saved.group(1)}" in log
+
+    # The requeued job continued the same W&B run (its id is pinned in the run directory).
+    run_id = (preempted / "wandb_run_id").read_text().strip()
+    assert len(list((preempted / "wandb").glob(f"offline-run-*-{run_id}"))) == 2, sorted((preempted / "wandb").iterdir())
 
     a, b = load_checkpoint(straight / "checkpoints" / "last.ckpt"), load_checkpoint(preempted / "checkpoints" / "last.ckpt")
     assert a["global_step"] == b["global_step"] == STEPS
