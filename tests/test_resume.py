@@ -20,7 +20,6 @@ from arjepa_pl.checkpoints import (
     resolve_ckpt_path,
 )
 from arjepa_pl.cli import ArJepaCLI
-from data_modules import VideoDataModule
 from tests.dist_helpers import REPO, cli_env, load_checkpoint, run_cli, tiny_run_args
 
 
@@ -86,20 +85,12 @@ def test_a_checkpoint_that_does_not_load_is_an_error_not_a_fresh_start(tmp_path,
     assert not (run / "checkpoints" / "step000001.ckpt").exists()
 
 
-def _resumable_loader(manifests) -> bool:
-    data = VideoDataModule(train_manifest=str(manifests.train), frames_per_clip=8, crop_size=32, batch_size=4,
-                           num_workers=0)
-    data.setup("fit")
-    return callable(getattr(data.train_dataloader(), "load_state_dict", None))
-
-
 @pytest.mark.slow
 def test_kill_9_and_resume_is_bit_identical_to_the_uninterrupted_run(tmp_path, demo_manifests):
-    # 12 clips, batch 4: 3 steps per epoch. The run is killed after step 5 (in epoch 1) and resumed
-    # with --ckpt_path last (6 steps in all). With a data loader that saves its position (mid-epoch resume) it
-    # checkpoints every step and resumes from step 4; otherwise every 3 steps (epoch ends) and from 3.
-    every = 1 if _resumable_loader(demo_manifests) else 3
-    steps, kill_at = 6, 5
+    # 12 clips, batch 4: 3 steps per epoch. A checkpoint every step; the run is killed after step 5,
+    # before its checkpoint, and resumed with --ckpt_path last from step 4: in the middle of epoch 1,
+    # so the data loader's position, the masks and everything else must pick up mid-epoch.
+    every, steps, kill_at = 1, 6, 5
     args = lambda run: tiny_run_args(run, demo_manifests, steps=steps, batch=4, every=every)  # noqa: E731
     run_cli(args(tmp_path / "straight"))
     killed = tmp_path / "killed"
@@ -107,9 +98,11 @@ def test_kill_9_and_resume_is_bit_identical_to_the_uninterrupted_run(tmp_path, d
              "--ckpt_path", "last"], returncode=-9)
     assert not (killed / "checkpoints" / f"step{kill_at:06d}.ckpt").exists()
     resumed = run_cli([*args(killed), "--ckpt_path", "last"])
-    resume_step = kill_at - 1 if every == 1 else kill_at // every * every
     assert f"resuming from {killed / 'checkpoints'}" in resumed.stderr
-    assert f"step{resume_step:06d}.ckpt" in resumed.stderr or "last.ckpt" in resumed.stderr
+    assert f"step{kill_at - 1:06d}.ckpt" in resumed.stderr or "last.ckpt" in resumed.stderr
+    resumed_from = load_checkpoint(killed / "checkpoints" / f"step{kill_at - 1:06d}.ckpt")
+    (loader,) = resumed_from["loops"]["fit_loop"]["state_dict"]["combined_loader"]
+    assert (loader["epoch"], loader["batches"], loader["batches_per_epoch"]) == (1, 1, 3)  # mid-epoch
 
     a = load_checkpoint(tmp_path / "straight" / "checkpoints" / "last.ckpt")
     b = load_checkpoint(killed / "checkpoints" / "last.ckpt")

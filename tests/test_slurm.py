@@ -49,10 +49,9 @@ def wait_for(what: str, condition, timeout: float = 240.0):
 
 
 def submit(run_dir: Path, manifests, logger: bool = False) -> str:
-    # The GPU template on 2 CPUs: 2 tasks, no GPUs; 12 clips in global batches of 12, so the
-    # pre-emption checkpoint, wherever it falls, is at an epoch end (see the mid-epoch note in
-    # test_resume.py's kill -9 test).
-    args = [*tiny_run_args(run_dir, manifests, steps=STEPS, batch=6, every=EVERY, logger=logger),
+    # The GPU template on 2 CPUs: 2 tasks, no GPUs. 12 clips in global batches of 4: 3 steps per
+    # epoch, so the pre-emption usually falls mid-epoch.
+    args = [*tiny_run_args(run_dir, manifests, steps=STEPS, batch=2, every=EVERY, logger=logger),
             "--trainer.accelerator", "cpu", "--trainer.strategy", "ddp"]
     env = cli_env(PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
     done = subprocess.run(["sbatch", "--parsable", "--ntasks-per-node=2", "--gpus-per-node=0", "--cpus-per-task=1",
