@@ -18,6 +18,10 @@ import yaml
 from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
 from lightning.pytorch.loggers import WandbLogger
 
+from arjepa_pl.checkpoints import RandomState, resolve_ckpt_path, use_atomic_checkpoint_io
+from arjepa_pl.slurm import SlurmRequeue
+from arjepa_pl.strategies import FSDP2Strategy  # noqa: F401  (registers --trainer.strategy fsdp2)
+
 
 class SaveAndLogConfig(SaveConfigCallback):
     """config.yaml in the run directory (Lightning's), and the same resolved config as the W&B run's config."""
@@ -28,10 +32,6 @@ class SaveAndLogConfig(SaveConfigCallback):
             config = yaml.safe_load(self.parser.dump(self.config, skip_none=False))
             for logger in loggers:
                 logger.log_hyperparams(config)
-
-from arjepa_pl.checkpoints import RandomState, resolve_ckpt_path, use_atomic_checkpoint_io
-from arjepa_pl.slurm import SlurmRequeue
-from arjepa_pl.strategies import FSDP2Strategy  # noqa: F401  (registers --trainer.strategy fsdp2)
 
 
 class ArJepaCLI(LightningCLI):
