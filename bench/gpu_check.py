@@ -1,11 +1,11 @@
 """GPU check: V-JEPA ViT-L/16 training steps in bf16 on one CUDA device.
 
 Times eager vs torch.compile'd blocks, each with and without per-block activation checkpointing,
-and one FSDP2 (fully_shard) run on a single-rank process group with the EMA teacher sharded like the
-student. Reports step time, clips/s, peak memory and MFU (FLOPs counted by torch.utils.flop_counter,
+and FSDP2 (fully_shard per block, bf16 all-gathers) on a single-rank process group with the EMA
+teacher sharded like the student, alone and with compile + checkpointing (configs/trainer/fsdp2.yaml). Reports step time, clips/s, peak memory and MFU (FLOPs counted by torch.utils.flop_counter,
 peak bf16 FLOP/s from a table of common GPUs). Results are printed and appended as JSON lines to
---out. Parallelism and checkpointing are applied here, from outside: the model code knows nothing of
-them.
+--out. Parallelism and checkpointing are applied from outside by arjepa_pl.parallel.parallelize, as in
+training: the model code knows nothing of them.
 
     python bench/gpu_check.py --out results.jsonl [--batch 24] [--steps 10] [--only eager,compile,...]
 """
@@ -16,11 +16,13 @@ import os
 import time
 
 import torch
+from torch.distributed.device_mesh import init_device_mesh
 from torch.utils.flop_counter import FlopCounterMode
 
 from arjepa_pl.callbacks.performance import peak_tflops
-from arjepa_pl.models import Block, VisionTransformer
+from arjepa_pl.models import VisionTransformer
 from arjepa_pl.objectives import VJEPA
+from arjepa_pl.parallel import co_sharded, fsdp_mixed_precision, parallelize
 from bench.train_step import bench_batches, make_step, time_steps
 
 
@@ -40,21 +42,6 @@ def vitl_vjepa(device: str, tiny: bool = False) -> VJEPA:
                  total_steps=90000).to(device)
 
 
-def apply_activation_checkpointing(model: VJEPA) -> None:
-    """Recompute every trainable block in backward (the teacher runs without grad: nothing to save)."""
-    from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import apply_activation_checkpointing as apply
-
-    for module in (model.encoder, model.predictor):
-        apply(module, check_fn=lambda m: isinstance(m, Block))
-
-
-def compile_blocks(model: VJEPA) -> None:
-    """Compile the inner blocks, never the LightningModule (self.log breaks whole-module compile)."""
-    for module in model.modules():
-        if isinstance(module, Block):
-            module.compile()
-
-
 def count_flops(step, batch: dict) -> float:
     with FlopCounterMode(display=False) as counter:
         step(batch, 0)
@@ -68,19 +55,12 @@ def run(name: str, args, fsdp: bool = False, ac: bool = False, compiled: bool = 
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats()
     model = vitl_vjepa(args.device, args.tiny)
-    if fsdp:
-        from torch.distributed.fsdp import fully_shard
-
-        # Teacher and student sharded identically, block by block, so the EMA is a shard-local lerp.
-        for encoder in (model.encoder, model.target_encoder):
-            for block in encoder.blocks:
-                fully_shard(block)
-            fully_shard(encoder)
-        fully_shard(model.predictor)
-    if ac:
-        apply_activation_checkpointing(model)
-    if compiled:
-        compile_blocks(model)
+    # What PretrainObjective.configure_model does under the trainer (there with the strategy's mesh):
+    # per-block activation checkpointing, compile, FSDP2 with bf16 all-gathers and the teacher
+    # sharded exactly like the student.
+    mesh = init_device_mesh(args.device, (1,)) if fsdp else None
+    parallelize(model, activation_checkpointing=ac, compile=compiled, mesh=mesh,
+                mp_policy=fsdp_mixed_precision("bf16-mixed") if fsdp else None)
     optimizer = model.configure_optimizers()
     step = make_step(model, optimizer, autocast_dtype=torch.bfloat16)
     batches = bench_batches(args.warmup + args.steps, batch=args.batch, frames=16, size=args.size, patch=16,
@@ -94,8 +74,7 @@ def run(name: str, args, fsdp: bool = False, ac: bool = False, compiled: bool = 
     if cuda:
         result["peak_mem_gib"] = torch.cuda.max_memory_allocated() / 2**30
     if fsdp:
-        t, s = next(model.target_encoder.parameters()), next(model.encoder.parameters())
-        result["teacher_sharded_like_student"] = bool(t.placements == s.placements and t.device_mesh == s.device_mesh)
+        result["teacher_sharded_like_student"] = co_sharded(model.encoder, model.target_encoder)
     return result
 
 
@@ -105,7 +84,7 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=24)
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--warmup", type=int, default=3)
-    parser.add_argument("--only", default="eager,eager_ac,fsdp2,compile,compile_ac")
+    parser.add_argument("--only", default="eager,eager_ac,fsdp2,compile,compile_ac,fsdp2_compile_ac")
     parser.add_argument("--device", default="cuda")
     parser.add_argument("--size", type=int, default=224)
     parser.add_argument("--tiny", action="store_true", help="2-layer model: smoke-test the script on a CPU")
@@ -118,10 +97,11 @@ def main() -> None:
     with open(args.out, "a") as f:
         f.write(json.dumps(env) + "\n")
     runs = {"eager": {}, "eager_ac": {"ac": True}, "compile": {"compiled": True},
-            "compile_ac": {"compiled": True, "ac": True}, "fsdp2": {"fsdp": True}}
+            "compile_ac": {"compiled": True, "ac": True}, "fsdp2": {"fsdp": True},
+            "fsdp2_compile_ac": {"fsdp": True, "compiled": True, "ac": True}}  # configs/trainer/fsdp2.yaml
     flops = None
     for key in args.only.split(","):
-        if key == "fsdp2" and not torch.distributed.is_initialized():
+        if key.startswith("fsdp2") and not torch.distributed.is_initialized():
             os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
             os.environ.setdefault("MASTER_PORT", "29512")
             backend = "nccl" if args.device == "cuda" else "gloo"

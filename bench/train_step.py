@@ -5,10 +5,14 @@ Bench config (issue #2): 16 frames of 64x64, patch 8, tubelet 2 (8x8x8 = 512 tok
 fp32. Masks are drawn by the collator the DataLoader workers use, outside the timed region (workers
 overlap it with the step). The reference implementation runs this at ~1.8 steps/s on a 2-core CPU.
 
-    python bench/train_step.py [--steps 20] [--warmup 3] [--threads N] [--device cpu|cuda]
+    python bench/train_step.py [--steps 20] [--warmup 3] [--threads N] [--device cpu|cuda] [--compile]
+
+--compile also times the same step with every transformer block torch.compile'd (as the objective's
+`compile: true` does), after a longer warm-up that absorbs the compilation.
 """
 
 import argparse
+import copy
 import time
 from typing import Callable, Optional
 
@@ -17,6 +21,7 @@ import torch
 from arjepa_pl.masks import VJEPA_DEFAULT_MASKS, MaskCollator
 from arjepa_pl.models import VisionTransformer
 from arjepa_pl.objectives import VJEPA
+from arjepa_pl.parallel import parallelize
 
 
 def bench_batches(n: int, batch: int, frames: int, size: int, patch: int, tubelet: int, device: str,
@@ -69,6 +74,7 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--compile", action="store_true", help="also time the step with compiled blocks")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -85,6 +91,17 @@ def main() -> None:
     print(f"vjepa train step  device={args.device} threads={torch.get_num_threads()} fp32 batch=8 tokens=512 "
           f"context={ctx} target={tgt}")
     print(f"  {rate:.2f} steps/s  {rate * 8:.1f} clips/s  {1000 / rate:.0f} ms/step  (last loss {loss:.4f})")
+    if args.compile:
+        model = copy.deepcopy(model)  # the same networks (their weights do not matter for speed)
+        parallelize(model, compile=True)
+        # Context sizes vary from batch to batch: the first few shapes compile (then dynamic shapes).
+        warmup = max(args.warmup, 6)
+        batches = bench_batches(warmup + args.steps, batch=8, frames=16, size=64, patch=8, tubelet=2,
+                                device=args.device)
+        start = time.perf_counter()
+        rate, loss = time_steps(make_step(model, model.configure_optimizers()), batches, warmup)
+        print(f"  compiled blocks: {rate:.2f} steps/s  {rate * 8:.1f} clips/s  {1000 / rate:.0f} ms/step  "
+              f"(last loss {loss:.4f}; compile + warm-up + timing {time.perf_counter() - start:.0f} s)")
 
 
 if __name__ == "__main__":

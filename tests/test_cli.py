@@ -10,7 +10,9 @@ import torch
 from arjepa_pl.cli import ArJepaCLI
 
 REPO = Path(__file__).resolve().parents[1]
-CONFIGS = sorted((REPO / "configs").rglob("*.yaml"))
+# configs/trainer/ holds hardware presets, used as a second --config after an experiment's.
+PRESETS = sorted((REPO / "configs" / "trainer").glob("*.yaml"))
+CONFIGS = sorted(set((REPO / "configs").rglob("*.yaml")) - set(PRESETS))
 # Configs whose models are too big to build for real in a test: instantiated on the meta device.
 LARGE = {"vjepa_vitl16.yaml"}
 # Configs written for GPU clusters: their hardware keys are swapped for one CPU process here.
@@ -34,6 +36,25 @@ def test_every_config_parses_and_instantiates(config, tmp_path, demo_manifests):
     assert isinstance(cli.model, torch.nn.Module)
     assert sum(p.numel() for p in cli.model.parameters()) > 0
     assert cli.datamodule is not None
+
+
+@pytest.mark.parametrize("preset", PRESETS, ids=lambda p: p.name)
+def test_every_trainer_preset_applies_over_an_experiment_config(preset, tmp_path, demo_manifests):
+    from arjepa_pl.strategies import FSDP2Strategy
+
+    # The strategy and precision are built for real (on the CPU, one device); the rest of the
+    # experiment's config is kept.
+    cli = build(["--config", str(REPO / "configs/vjepa.yaml"), "--config", str(preset), "--trainer.accelerator", "cpu",
+                 "--trainer.devices", "1", "--trainer.default_root_dir", str(tmp_path),
+                 "--data.train_manifest", str(demo_manifests.train)])
+    text = preset.read_text()
+    assert cli.model.encoder.depth == 6 and cli.datamodule.crop_size == 64
+    assert ("precision: bf16-mixed" in text) == (cli.trainer.precision == "bf16-mixed")
+    if "FSDP2Strategy" in text:
+        assert isinstance(cli.trainer.strategy, FSDP2Strategy)
+        assert cli.model.activation_checkpointing and cli.model.compile_blocks
+    else:
+        assert type(cli.trainer.strategy).__name__ == "DDPStrategy"
 
 
 def test_paper_recipe_is_the_paper_recipe(tmp_path, demo_manifests):

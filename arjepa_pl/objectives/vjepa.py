@@ -45,7 +45,7 @@ class JEPA(PretrainObjective):
             added to the loss (0 = off, the default), computed on `vicreg_features`.
         vicreg_features: which features the VICReg terms regularise: "predicted" (the predictor's
             outputs) and/or "context" (the context encoder's outputs).
-        Remaining args: optimiser and schedules, see PretrainObjective.
+        Remaining args: optimiser, schedules and parallelism, see PretrainObjective.
     """
 
     def __init__(
@@ -72,8 +72,11 @@ class JEPA(PretrainObjective):
         betas: tuple[float, float] = (0.9, 0.999),
         eps: float = 1e-8,
         total_steps: Optional[int] = None,
+        activation_checkpointing: bool = False,
+        compile: bool = False,
     ):
-        super().__init__(lr, start_lr, final_lr, warmup_steps, weight_decay, final_weight_decay, betas, eps, total_steps)
+        super().__init__(lr, start_lr, final_lr, warmup_steps, weight_decay, final_weight_decay, betas, eps, total_steps,
+                         activation_checkpointing, compile)
         if masks is None:
             masks = VJEPA_DEFAULT_MASKS if encoder.video else IJEPA_DEFAULT_MASKS
         masks = [as_mask_config(m) for m in masks]
