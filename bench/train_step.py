@@ -1,4 +1,6 @@
-"""Speed of one V-JEPA training step: forward, backward, AdamW, EMA update.
+"""Speed of one V-JEPA training step: forward, backward, AdamW, EMA update — and of one
+autoregressive video step (ARVideo: the same encoder under the block-causal mask, MLP head, L2 on the
+next tubelet's pixels, AdamW) on the same clips.
 
 Bench config (issue #2): 16 frames of 64x64, patch 8, tubelet 2 (8x8x8 = 512 tokens), encoder
 192 d x 6 layers x 3 heads, predictor 96 d x 3 layers, batch 8, the two default mask configurations,
@@ -6,6 +8,7 @@ fp32. Masks are drawn by the collator the DataLoader workers use, outside the ti
 overlap it with the step). The reference implementation runs this at ~1.8 steps/s on a 2-core CPU.
 
     python bench/train_step.py [--steps 20] [--warmup 3] [--threads N] [--device cpu|cuda] [--compile]
+                               [--objectives vjepa ar_video]
 
 --compile also times the same step with every transformer block torch.compile'd (as the objective's
 `compile: true` does), after a longer warm-up that absorbs the compilation.
@@ -21,6 +24,7 @@ import torch
 from arjepa_pl.masks import VJEPA_DEFAULT_MASKS, MaskCollator
 from arjepa_pl.models import VisionTransformer
 from arjepa_pl.objectives import VJEPA
+from arjepa_pl.objectives.ar_video import ARVideo
 from arjepa_pl.parallel import parallelize
 
 
@@ -68,18 +72,7 @@ def time_steps(step: Callable[[dict, int], float], batches: list[dict], warmup: 
     return (len(batches) - warmup) / (time.perf_counter() - start), loss
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--steps", type=int, default=20)
-    parser.add_argument("--warmup", type=int, default=3)
-    parser.add_argument("--threads", type=int, default=None)
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--compile", action="store_true", help="also time the step with compiled blocks")
-    args = parser.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    torch.manual_seed(0)
-
+def bench_vjepa(args) -> None:
     encoder = VisionTransformer(embed_dim=192, depth=6, num_heads=3, patch_size=8, tubelet_size=2)
     model = VJEPA(encoder, predictor_embed_dim=96, predictor_depth=3, predictor_num_heads=3,
                   total_steps=1000).to(args.device)
@@ -102,6 +95,42 @@ def main() -> None:
         rate, loss = time_steps(make_step(model, model.configure_optimizers()), batches, warmup)
         print(f"  compiled blocks: {rate:.2f} steps/s  {rate * 8:.1f} clips/s  {1000 / rate:.0f} ms/step  "
               f"(last loss {loss:.4f}; compile + warm-up + timing {time.perf_counter() - start:.0f} s)")
+
+
+def bench_ar_video(args) -> None:
+    encoder = VisionTransformer(embed_dim=192, depth=6, num_heads=3, patch_size=8, tubelet_size=2)
+    model = ARVideo(encoder, residual=True, total_steps=1000).to(args.device)
+    optimizer = model.configure_optimizers()
+    clips = [torch.randn(8, 3, 16, 64, 64, device=args.device) for _ in range(args.warmup + args.steps)]
+
+    def step(video: torch.Tensor, i: int) -> float:
+        loss = model.step_loss(video)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 10.0)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        return loss.item()
+
+    rate, loss = time_steps(step, clips, args.warmup)
+    print(f"ar_video train step  device={args.device} threads={torch.get_num_threads()} fp32 batch=8 tokens=512 "
+          f"(8 steps x 64, block-causal, head 192-768-384)")
+    print(f"  {rate:.2f} steps/s  {rate * 8:.1f} clips/s  {1000 / rate:.0f} ms/step  (last loss {loss:.4f})")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--compile", action="store_true", help="also time the V-JEPA step with compiled blocks")
+    parser.add_argument("--objectives", nargs="+", choices=["vjepa", "ar_video"], default=["vjepa", "ar_video"])
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    for name in args.objectives:
+        torch.manual_seed(0)
+        {"vjepa": bench_vjepa, "ar_video": bench_ar_video}[name](args)
 
 
 if __name__ == "__main__":

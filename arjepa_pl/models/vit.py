@@ -23,6 +23,28 @@ VIT_PRESETS: dict[str, dict[str, int]] = {
 }
 
 
+class KVCache:
+    """Keys and values of every token one attention layer has already seen.
+
+    Autoregressive generation feeds only the new tokens; their queries attend to the cached keys and
+    values plus their own, which gives exactly what a full recomputation gives as long as earlier
+    tokens never attend to later ones (causal or block-causal masks).
+    """
+
+    def __init__(self):
+        self.k: Optional[torch.Tensor] = None
+        self.v: Optional[torch.Tensor] = None
+
+    def __len__(self) -> int:
+        return 0 if self.k is None else self.k.size(2)
+
+    def extend(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Append [B, heads, n, head_dim] keys and values; return all of them."""
+        self.k = k if self.k is None else torch.cat([self.k, k], dim=2)
+        self.v = v if self.v is None else torch.cat([self.v, v], dim=2)
+        return self.k, self.v
+
+
 class Attention(nn.Module):
     def __init__(self, dim: int, num_heads: int, qkv_bias: bool = True):
         super().__init__()
@@ -32,20 +54,24 @@ class Attention(nn.Module):
         self.qkv = nn.Linear(dim, 3 * dim, bias=qkv_bias)
         self.proj = nn.Linear(dim, dim)
 
-    def forward(self, x: torch.Tensor, attn_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, attn_mask: Optional[torch.Tensor] = None,
+                cache: Optional[KVCache] = None) -> torch.Tensor:
         B, N, D = x.shape
         qkv = self.qkv(x).view(B, N, 3, self.num_heads, D // self.num_heads).permute(2, 0, 3, 1, 4)
         q, k, v = qkv.unbind(0)  # each [B, heads, N, head_dim]
-        # attn_mask: boolean, True = may attend; broadcast over batch and heads ([N, N] or [B, 1, N, N]).
+        if cache is not None:
+            k, v = cache.extend(k, v)  # the new queries also see every cached token
+        # attn_mask: boolean, True = may attend; broadcast over batch and heads ([N, N] or [B, 1, N, N]);
+        # with a cache its rows are the new tokens and its columns all tokens.
         x = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)
         return self.proj(x.transpose(1, 2).reshape(B, N, D))
 
 
 class MLP(nn.Module):
-    def __init__(self, dim: int, hidden: int):
+    def __init__(self, dim: int, hidden: int, out_dim: Optional[int] = None):
         super().__init__()
         self.fc1 = nn.Linear(dim, hidden)
-        self.fc2 = nn.Linear(hidden, dim)
+        self.fc2 = nn.Linear(hidden, out_dim or dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.fc2(F.gelu(self.fc1(x)))
@@ -61,8 +87,9 @@ class Block(nn.Module):
         self.norm2 = nn.LayerNorm(dim, eps=norm_eps)
         self.mlp = MLP(dim, int(dim * mlp_ratio))
 
-    def forward(self, x: torch.Tensor, attn_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
-        x = x + self.attn(self.norm1(x), attn_mask)
+    def forward(self, x: torch.Tensor, attn_mask: Optional[torch.Tensor] = None,
+                cache: Optional[KVCache] = None) -> torch.Tensor:
+        x = x + self.attn(self.norm1(x), attn_mask, cache)
         return x + self.mlp(self.norm2(x))
 
 
@@ -181,10 +208,16 @@ class VisionTransformer(nn.Module):
         tokens = self.patch_embed.proj(x).flatten(2).transpose(1, 2)
         return tokens + self.pos_embed(grid, tokens.device, tokens.dtype)
 
-    def forward_tokens(self, tokens: torch.Tensor, attn_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
-        """Run the blocks and the final norm on already embedded tokens [B, N, D]."""
-        for block in self.blocks:
-            tokens = block(tokens, attn_mask)
+    def forward_tokens(self, tokens: torch.Tensor, attn_mask: Optional[torch.Tensor] = None,
+                       caches: Optional[list[KVCache]] = None) -> torch.Tensor:
+        """Run the blocks and the final norm on already embedded tokens [B, N, D].
+
+        `caches`: one KVCache per block for incremental (autoregressive) decoding; `tokens` are then
+        only the new tokens and `attn_mask` (if any) has a row per new token, a column per token."""
+        if caches is not None and len(caches) != len(self.blocks):
+            raise ValueError(f"need one KVCache per block ({len(self.blocks)}), got {len(caches)}")
+        for i, block in enumerate(self.blocks):
+            tokens = block(tokens, attn_mask, None if caches is None else caches[i])
         return self.norm(tokens)
 
     def forward(
