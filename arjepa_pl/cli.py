@@ -4,12 +4,34 @@ One LightningCLI serves every objective: the model and the data module are chose
 in the YAML. Config files and command-line overrides are merged first and OmegaConf interpolations
 (`${trainer.default_root_dir}`) resolved after, so overriding one key updates everything derived
 from it. A key the chosen classes do not accept is an error naming it.
+
+Checkpoints are written atomically, `--ckpt_path last` resumes from the newest checkpoint of the run
+(or starts fresh, saying so), loading is weights_only unless `--weights_only false`, every rank's RNG
+state is saved, and under SLURM a pre-emption signal checkpoints and requeues at a step boundary
+(arjepa_pl.checkpoints, arjepa_pl.slurm).
 """
 
 from typing import Optional
 
 import lightning.pytorch as L
-from lightning.pytorch.cli import LightningCLI
+import yaml
+from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
+from lightning.pytorch.loggers import WandbLogger
+
+from arjepa_pl.checkpoints import RandomState, resolve_ckpt_path, use_atomic_checkpoint_io
+from arjepa_pl.slurm import SlurmRequeue
+from arjepa_pl.strategies import FSDP2Strategy  # noqa: F401  (registers --trainer.strategy fsdp2)
+
+
+class SaveAndLogConfig(SaveConfigCallback):
+    """config.yaml in the run directory (Lightning's), and the same resolved config as the W&B run's config."""
+
+    def save_config(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        loggers = [logger for logger in trainer.loggers if isinstance(logger, WandbLogger)]
+        if loggers:
+            config = yaml.safe_load(self.parser.dump(self.config, skip_none=False))
+            for logger in loggers:
+                logger.log_hyperparams(config)
 
 
 class ArJepaCLI(LightningCLI):
@@ -19,16 +41,33 @@ class ArJepaCLI(LightningCLI):
             datamodule_class=L.LightningDataModule,
             subclass_mode_model=True,
             subclass_mode_data=True,
+            save_config_callback=SaveAndLogConfig,
             # Requeued SLURM jobs write config.yaml into the same run directory again.
             save_config_kwargs={"overwrite": True},
             # Every subcommand parses the config files, so each needs the mode, not just the root parser.
             parser_kwargs={"parser_mode": "omegaconf+", **{name: {"parser_mode": "omegaconf+"} for name in self.subcommands()}},
             # Objectives own their optimiser and per-step schedules.
             auto_configure_optimizers=False,
+            # Appended to the configured callbacks: exact resume and safe pre-emption in every run.
+            trainer_defaults={"callbacks": [RandomState(), SlurmRequeue()]},
             args=args,
             run=run,
             **kwargs,
         )
+
+    def instantiate_trainer(self, **kwargs) -> L.Trainer:
+        trainer = super().instantiate_trainer(**kwargs)
+        use_atomic_checkpoint_io(trainer)
+        return trainer
+
+    def _resolve_checkpoint_args(self) -> None:
+        config = self.config_init[self.subcommand]
+        if "ckpt_path" in config:
+            config["ckpt_path"] = resolve_ckpt_path(self.trainer, config["ckpt_path"])
+        if config.get("weights_only") is None and "weights_only" in config:
+            config["weights_only"] = True
+
+    before_fit = before_validate = before_test = before_predict = _resolve_checkpoint_args
 
 
 def main(args: Optional[list[str]] = None) -> None:

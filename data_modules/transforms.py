@@ -6,6 +6,7 @@ numpy Generator, so a sample's augmentation is a function of its seed alone.
 
 from __future__ import annotations
 
+import functools
 import math
 
 import numpy as np
@@ -61,6 +62,20 @@ def center_crop_box(height: int, width: int) -> tuple[int, int, int, int]:
     return (height - side) // 2, (width - side) // 2, side, side
 
 
+def spatial_crop_boxes(height: int, width: int, num_views: int) -> list[tuple[int, int, int, int]]:
+    """num_views largest squares spread evenly along the long side (left, centre, right for 3).
+
+    The multi-view evaluation of video probes: each view is resized to the output size, so
+    together they cover the whole frame. One view is the centre crop.
+    """
+    if num_views == 1:
+        return [center_crop_box(height, width)]
+    side = min(height, width)
+    slack_h, slack_w = height - side, width - side
+    return [(round(slack_h * i / (num_views - 1)), round(slack_w * i / (num_views - 1)), side, side)
+            for i in range(num_views)]
+
+
 def clip_to_tensor(
     frames_uint8: np.ndarray,
     box: tuple[int, int, int, int],
@@ -71,27 +86,29 @@ def clip_to_tensor(
 ) -> torch.Tensor:
     """uint8 frames [T, H, W, 3] -> normalised float32 [3, T, out_size, out_size].
 
-    Ordered for speed: crop on the uint8 array, convert and normalise the crop
-    (bilinear weights sum to 1, so normalising before the resize gives the same
-    result, and video crops are usually smaller than out_size), then resize
-    straight into the [3, T, S, S] layout the model wants.
+    Ordered for speed: crop and resize the uint8 frames, which are already laid out as a
+    channels-last [T, 3, h, w] batch for torch's vectorised uint8 bilinear kernel (3-4x faster
+    than on floats; it rounds to the nearest grey level), then convert and normalise only the
+    out_size x out_size result, straight into the [3, T, S, S] layout the model wants.
     """
     if frames_uint8.ndim != 4 or frames_uint8.shape[-1] != 3:
         raise ValueError(f"expected frames of shape [T, H, W, 3], got {tuple(frames_uint8.shape)}")
     top, left, h, w = box
-    crop = torch.from_numpy(frames_uint8[:, top : top + h, left : left + w])
-    num_frames = crop.shape[0]
-    x = torch.empty((3, num_frames, h, w), dtype=torch.float32)
-    x.copy_(crop.permute(3, 0, 1, 2))  # layout change and uint8 -> float in one pass
-    # (x / 255 - mean) / std as one multiply and one subtract.
-    mean_t = torch.tensor(mean, dtype=torch.float32).view(3, 1, 1, 1)
-    std_t = torch.tensor(std, dtype=torch.float32).view(3, 1, 1, 1)
-    x.mul_(1.0 / (255.0 * std_t)).sub_(mean_t / std_t)
+    crop = torch.from_numpy(frames_uint8[:, top : top + h, left : left + w]).permute(0, 3, 1, 2)
     if (h, w) != (out_size, out_size):
-        # interpolate wants [N, C, H, W]: treat the 3*T channel-frames as channels.
-        x = F.interpolate(x.view(1, 3 * num_frames, h, w), size=(out_size, out_size), mode="bilinear",
-                          align_corners=False, antialias=False).view(3, num_frames, out_size, out_size)
+        crop = F.interpolate(crop, size=(out_size, out_size), mode="bilinear", align_corners=False, antialias=False)
     if hflip:
         # After the resize, so a flipped sample is the exact mirror of the unflipped one.
-        x = x.flip(-1)
-    return x
+        crop = crop.flip(-1)
+    x = torch.empty((3, crop.shape[0], out_size, out_size), dtype=torch.float32)
+    x.copy_(crop.permute(1, 0, 2, 3))  # layout change and uint8 -> float in one pass
+    # (x / 255 - mean) / std as one multiply and one subtract.
+    scale, shift = _normalisation(tuple(mean), tuple(std))
+    return x.mul_(scale).sub_(shift)
+
+
+@functools.lru_cache(maxsize=8)
+def _normalisation(mean: tuple[float, ...], std: tuple[float, ...]) -> tuple[torch.Tensor, torch.Tensor]:
+    mean_t = torch.tensor(mean, dtype=torch.float32).view(3, 1, 1, 1)
+    std_t = torch.tensor(std, dtype=torch.float32).view(3, 1, 1, 1)
+    return 1.0 / (255.0 * std_t), mean_t / std_t

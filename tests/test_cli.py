@@ -10,7 +10,9 @@ import torch
 from arjepa_pl.cli import ArJepaCLI
 
 REPO = Path(__file__).resolve().parents[1]
-CONFIGS = sorted((REPO / "configs").rglob("*.yaml"))
+# configs/trainer/ holds hardware presets, used as a second --config after an experiment's.
+PRESETS = sorted((REPO / "configs" / "trainer").glob("*.yaml"))
+CONFIGS = sorted(set((REPO / "configs").rglob("*.yaml")) - set(PRESETS))
 # Configs whose models are too big to build for real in a test: instantiated on the meta device.
 LARGE = {"vjepa_vitl16.yaml"}
 # Configs written for GPU clusters: their hardware keys are swapped for one CPU process here.
@@ -35,6 +37,25 @@ def test_every_config_parses_and_instantiates(config, tmp_path, demo_manifests):
     assert isinstance(cli.model, torch.nn.Module)
     assert sum(p.numel() for p in cli.model.parameters()) > 0
     assert cli.datamodule is not None
+
+
+@pytest.mark.parametrize("preset", PRESETS, ids=lambda p: p.name)
+def test_every_trainer_preset_applies_over_an_experiment_config(preset, tmp_path, demo_manifests):
+    from arjepa_pl.strategies import FSDP2Strategy
+
+    # The strategy and precision are built for real (on the CPU, one device); the rest of the
+    # experiment's config is kept.
+    cli = build(["--config", str(REPO / "configs/vjepa.yaml"), "--config", str(preset), "--trainer.accelerator", "cpu",
+                 "--trainer.devices", "1", "--trainer.default_root_dir", str(tmp_path),
+                 "--data.train_manifest", str(demo_manifests.train)])
+    text = preset.read_text()
+    assert cli.model.encoder.depth == 6 and cli.datamodule.crop_size == 64
+    assert ("precision: bf16-mixed" in text) == (cli.trainer.precision == "bf16-mixed")
+    if "FSDP2Strategy" in text:
+        assert isinstance(cli.trainer.strategy, FSDP2Strategy)
+        assert cli.model.activation_checkpointing and cli.model.compile_blocks
+    else:
+        assert type(cli.trainer.strategy).__name__ == "DDPStrategy"
 
 
 def test_paper_recipe_is_the_paper_recipe(tmp_path, demo_manifests):
@@ -99,12 +120,15 @@ def _logged(run_dir: Path, key: str) -> list[float]:
 @pytest.mark.slow
 def test_short_fit_on_demo_data_lowers_the_loss_and_checkpoints(tmp_path, demo_manifests):
     run_dir = tmp_path / "run"
-    ArJepaCLI(args=["fit", "--config", str(REPO / "configs/vjepa.yaml"), "--trainer.default_root_dir", str(run_dir),
-                    "--trainer.max_steps", "40", "--trainer.val_check_interval", "20", "--trainer.log_every_n_steps", "1",
-                    "--trainer.limit_val_batches", "2", "--trainer.enable_progress_bar", "false",
-                    "--data.train_manifest", str(demo_manifests.train), "--data.val_manifest", str(demo_manifests.val),
-                    "--data.frames_per_clip", "8", "--data.batch_size", "4", "--data.num_workers", "2",
-                    "--model.init_args.warmup_steps", "5"])
+    # A CSV logger instead of the config's W&B one (tests/test_wandb.py reads W&B's files): metrics.csv is simple to read.
+    # `--trainer.callbacks.every_n_steps` sets the last callback's: the collapse monitor measures every 5 steps.
+    cli = ArJepaCLI(args=["fit", "--config", str(REPO / "configs/vjepa.yaml"), "--trainer.default_root_dir", str(run_dir),
+                          "--trainer.logger", "lightning.pytorch.loggers.CSVLogger", "--trainer.logger.init_args.name", "logs",
+                          "--trainer.max_steps", "40", "--trainer.val_check_interval", "20", "--trainer.log_every_n_steps", "1",
+                          "--trainer.limit_val_batches", "2", "--trainer.enable_progress_bar", "false",
+                          "--data.train_manifest", str(demo_manifests.train), "--data.val_manifest", str(demo_manifests.val),
+                          "--data.frames_per_clip", "8", "--data.batch_size", "4", "--data.num_workers", "2",
+                          "--model.init_args.warmup_steps", "5", "--trainer.callbacks.every_n_steps", "5"])
     losses = _logged(run_dir, "train/loss")
     assert len(losses) == 40
     assert sum(losses[-10:]) / 10 < 0.8 * sum(losses[:5]) / 5, losses
@@ -114,3 +138,8 @@ def test_short_fit_on_demo_data_lowers_the_loss_and_checkpoints(tmp_path, demo_m
         assert _logged(run_dir, key), key
     assert (run_dir / "checkpoints" / "last.ckpt").is_file()
     assert (run_dir / "logs" / "version_0" / "config.yaml").is_file()
+    # A healthy run: the collapse monitor measured 8 times (steps 0, 5, ..., 35) and stayed quiet
+    # (tests/test_collapse.py shows it firing on a deliberately collapsing run).
+    (monitor,) = [c for c in cli.trainer.callbacks if type(c).__name__ == "CollapseMonitor"]
+    assert len(_logged(run_dir, "collapse/target_rankme")) == 8
+    assert monitor.alarm is None, monitor.history

@@ -14,6 +14,7 @@ from torch.utils.data import DataLoader
 
 from data_modules import (
     ClipSampler,
+    TooManyBadVideos,
     DemoManifests,
     VideoClipDataset,
     VideoDataModule,
@@ -24,7 +25,7 @@ from data_modules import (
 from data_modules import demo_videos
 from data_modules.demo_videos import CLASS_NAMES, DIRECTION_VECTORS, DIRECTIONS
 from data_modules.transforms import center_crop_box, clip_to_tensor, random_resized_crop_box
-from data_modules.video_clips import center_frame_indices, train_frame_indices
+from data_modules.clip_sampling import clip_indices
 
 TINY = dict(num_train=2, num_val=2, num_frames=8, size=32)  # fastest set for cache tests
 
@@ -319,7 +320,7 @@ def test_train_frame_indices():
     rng = np.random.default_rng(0)
     starts = set()
     for _ in range(300):
-        idx = train_frame_indices(rng, num_frames=40, frames_per_clip=8, frame_step=4)
+        (idx,) = clip_indices(num_frames=40, frames_per_clip=8, frame_step=4, rng=rng)
         assert len(idx) == 8 and (np.diff(idx) == 4).all() and idx[0] >= 0 and idx[-1] < 40
         starts.add(int(idx[0]))
     # The clip's window [end - 32, end) ends anywhere in [clip_len, num_frames] = [32, 40].
@@ -327,10 +328,10 @@ def test_train_frame_indices():
 
 
 def test_short_video_repeats_last_frame():
-    idx = train_frame_indices(np.random.default_rng(0), num_frames=10, frames_per_clip=8, frame_step=2)
-    assert idx.tolist() == [0, 2, 4, 6, 8, 9, 9, 9]
-    assert center_frame_indices(10, 8, 2).tolist() == [0, 2, 4, 6, 8, 9, 9, 9]
-    assert center_frame_indices(32, 4, 4).tolist() == [8, 12, 16, 20]
+    idx = clip_indices(num_frames=10, frames_per_clip=8, frame_step=2, rng=np.random.default_rng(0))
+    assert idx.tolist() == [[0, 2, 4, 6, 8, 9, 9, 9]]
+    assert clip_indices(10, 8, 2).tolist() == [[0, 2, 4, 6, 8, 9, 9, 9]]
+    assert clip_indices(32, 4, 4).tolist() == [[8, 12, 16, 20]]
 
 
 # ----------------------------------------------------------------------------
@@ -411,19 +412,21 @@ def test_eval_dataset_is_deterministic_centre_clip(demo_manifests):
     assert torch.equal(a, b)
     # Centre clip, full 64x64 frame (no resize needed): frames 8, 12, 16, 20.
     frames = decode_all(read_manifest(demo_manifests.val)[2][0])[[8, 12, 16, 20]]
-    mean, std = torch.tensor(dataset.mean).view(3, 1, 1, 1), torch.tensor(dataset.std).view(3, 1, 1, 1)
+    mean, std = torch.tensor(dataset.options.mean).view(3, 1, 1, 1), torch.tensor(dataset.options.std).view(3, 1, 1, 1)
     expected = (torch.from_numpy(frames).permute(3, 0, 1, 2).float() / 255 - mean) / std
     assert torch.allclose(a, expected, atol=1e-5)
 
 
-def test_dataset_decode_errors_name_the_file(tmp_path):
+def test_dataset_of_only_bad_videos_stops_naming_them(tmp_path):
+    # Bad videos are replaced (tests/test_data_bad_files.py); when nothing usable is left the
+    # error names the files and why they are unusable.
     (tmp_path / "bad.mp4").write_bytes(b"not a video")
     (tmp_path / "m.csv").write_text("bad.mp4 0\nmissing.mp4 1\n")
-    dataset = make_dataset(tmp_path / "m.csv")
-    with pytest.raises(RuntimeError, match="could not decode .*bad.mp4"):
-        dataset[0]
-    with pytest.raises(FileNotFoundError, match="missing.mp4"):
-        dataset[1]
+    with pytest.raises(TooManyBadVideos, match=r"2 of the 2 videos .* max_bad_fraction=0.1(?s:.*)bad\.mp4: not a readable"):
+        make_dataset(tmp_path / "m.csv")[0]
+    # Allowed any fraction, it stops when max_retries replacements in a row are bad.
+    with pytest.raises(TooManyBadVideos, match=r"11 videos in a row(?s:.*)bad\.mp4: not a readable(?s:.*)missing\.mp4: file not found"):
+        make_dataset(tmp_path / "m.csv", max_bad_fraction=1.0)[0]
 
 
 def test_dataset_rejects_bad_arguments(demo_manifests):

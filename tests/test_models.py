@@ -104,3 +104,13 @@ def test_gather_tokens():
     x = torch.arange(24.0).view(2, 4, 3)
     out = gather_tokens(x, torch.tensor([[3, 0], [1, 1]]))
     torch.testing.assert_close(out, torch.stack([x[0, [3, 0]], x[1, [1, 1]]]))
+
+
+def test_several_token_subsets_in_one_call_match_separate_calls():
+    torch.manual_seed(0)
+    vit = tiny_vit().eval()
+    x = torch.randn(2, 3, 8, 32, 32)
+    a, b = torch.tensor([[0, 3, 9], [1, 4, 63]]), torch.tensor([[5, 6], [7, 8]])
+    out_a, out_b = vit(x, [a, b])
+    torch.testing.assert_close(out_a, vit(x, a))
+    torch.testing.assert_close(out_b, vit(x, b))

@@ -34,7 +34,7 @@ def test_readme_train_command_runs(tmp_path, demo_manifests):
     train, _ = quick_start_commands()
     command = train.split(" && ", 1)[1].split()
     assert command[:2] == ["python", "-m"]
-    overrides = ["--trainer.max_steps", "3", "--trainer.limit_val_batches", "1", "--trainer.val_check_interval", "3",
+    overrides = ["--trainer.max_steps", "3", "--trainer.limit_val_batches", "2", "--trainer.val_check_interval", "3",
                  "--data.batch_size", "2", "--data.num_workers", "0", "--trainer.default_root_dir", str(tmp_path / "run"),
                  "--data.train_manifest", str(demo_manifests.train), "--data.val_manifest", str(demo_manifests.val),
                  "--trainer.enable_progress_bar", "false"]

@@ -1,6 +1,13 @@
 """Mask generators for JEPA-style training."""
 
-from .collator import MaskCollator
+from .collator import MASK_CONFIG_TYPES, AnyMaskConfig, MaskCollator, as_mask_config
+from .multiblock2d import (
+    IJEPA_DEFAULT_MASKS,
+    MultiBlock2DConfig,
+    block_masks_to_indices,
+    sample_block_masks,
+    sample_multiblock2d,
+)
 from .multiblock3d import (
     LONG_RANGE,
     SHORT_RANGE,
@@ -21,5 +28,13 @@ __all__ = [
     "sample_target_masks",
     "masks_to_indices",
     "mask_rng",
+    "MultiBlock2DConfig",
+    "IJEPA_DEFAULT_MASKS",
+    "sample_multiblock2d",
+    "sample_block_masks",
+    "block_masks_to_indices",
     "MaskCollator",
+    "MASK_CONFIG_TYPES",
+    "AnyMaskConfig",
+    "as_mask_config",
 ]

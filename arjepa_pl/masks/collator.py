@@ -1,4 +1,4 @@
-"""DataLoader collate_fn that stacks clips and draws one set of masks per mask configuration.
+"""DataLoader collate_fn that stacks clips (or images) and draws one set of masks per mask configuration.
 
 Masks are made here, in the DataLoader workers, so their cost overlaps with the GPU step. They are
 seeded from the batch's identity, (seed, rank, epoch, position of its first sample), and never
@@ -8,47 +8,75 @@ count, prefetching order or resume point.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping, Sequence
+from typing import Union
 
 import torch
 from torch.utils.data import default_collate
 
-from .multiblock3d import MaskConfig, mask_rng, sample_multiblock3d
+from .multiblock2d import MultiBlock2DConfig
+from .multiblock3d import MaskConfig, mask_rng
+
+# Every mask configuration type: a frozen dataclass with `sample(rng, batch_size, grid) -> (context, target)`.
+MASK_CONFIG_TYPES = (MaskConfig, MultiBlock2DConfig)
+AnyMaskConfig = Union[MaskConfig, MultiBlock2DConfig]
+
+
+def as_mask_config(config) -> AnyMaskConfig:
+    """A mask configuration object, or the one a plain dict's keys name (for configs written by hand
+    rather than built by jsonargparse): {num_blocks, spatial_scale, ...} is V-JEPA's multiblock3d,
+    {num_targets, target_scale, ...} I-JEPA's multiblock2d; an empty dict is multiblock3d."""
+    if isinstance(config, MASK_CONFIG_TYPES):
+        return config
+    if not isinstance(config, Mapping):
+        raise TypeError(f"a mask configuration must be one of {[t.__name__ for t in MASK_CONFIG_TYPES]} "
+                        f"or a dict of its fields, got {config!r}")
+    for cls in MASK_CONFIG_TYPES:
+        if set(config) <= {f.name for f in dataclasses.fields(cls)}:
+            return cls(**config)
+    fields = {cls.__name__: sorted(f.name for f in dataclasses.fields(cls)) for cls in MASK_CONFIG_TYPES}
+    raise ValueError(f"mask configuration {dict(config)!r} matches no mask type; fields are {fields}")
 
 
 class MaskCollator:
     """collate_fn: list of sample dicts -> batch dict with `masks`, one {context, target} per config.
 
-    Each sample is a dict with `video` (FloatTensor [C, T, H, W]), `label`, `index`, and the
-    sampler's `epoch` and `position` (0-based position in this rank's epoch). The first sample's
-    (epoch, position) names the batch. A plain object with plain attributes, so it pickles into
-    spawned workers.
+    Each sample is a dict with the input under `input_key` (`video`: FloatTensor [C, T, H, W], or
+    `image`: [C, H, W]), `label`, `index`, and the sampler's `epoch` and `position` (0-based position
+    in this rank's epoch). The first sample's (epoch, position) names the batch. A plain object with
+    plain attributes, so it pickles into spawned workers.
     """
 
     def __init__(
         self,
-        mask_configs: Sequence[MaskConfig],
+        mask_configs: Sequence[AnyMaskConfig],
         tubelet_size: int,
         patch_size: int,
         seed: int = 0,
         rank: int = 0,
+        input_key: str = "video",
     ):
-        # Plain dicts are accepted too, for configs written by hand rather than built by jsonargparse.
-        self.mask_configs = tuple(MaskConfig(**c) if isinstance(c, Mapping) else c for c in mask_configs)
+        self.mask_configs = tuple(as_mask_config(c) for c in mask_configs)
         if not self.mask_configs:
             raise ValueError("MaskCollator needs at least one mask configuration")
-        if not all(isinstance(c, MaskConfig) for c in self.mask_configs):
-            raise TypeError(f"mask_configs must be MaskConfig objects, got {mask_configs!r}")
         if tubelet_size < 1 or patch_size < 1:
             raise ValueError(f"tubelet_size and patch_size must be >= 1, got {tubelet_size}, {patch_size}")
         self.tubelet_size = int(tubelet_size)
         self.patch_size = int(patch_size)
         self.seed = int(seed)
         self.rank = int(rank)
+        self.input_key = input_key
 
-    def grid(self, video_shape: Sequence[int]) -> tuple[int, int, int]:
-        """Token grid (T', H', W') of a clip shaped [..., T, H, W]."""
-        T, H, W = (int(s) for s in video_shape[-3:])
+    def grid(self, shape: Sequence[int]) -> tuple[int, ...]:
+        """Token grid of a batch: (T', H', W') for clips [B, C, T, H, W], (H', W') for images [B, C, H, W]."""
+        if len(shape) == 4:
+            H, W = (int(s) for s in shape[-2:])
+            if H % self.patch_size or W % self.patch_size:
+                raise ValueError(f"image of H={H}, W={W} does not divide into {self.patch_size}x{self.patch_size} "
+                                 f"patches: H and W must be multiples of {self.patch_size}")
+            return H // self.patch_size, W // self.patch_size
+        T, H, W = (int(s) for s in shape[-3:])
         if T % self.tubelet_size or H % self.patch_size or W % self.patch_size:
             raise ValueError(
                 f"video of T={T}, H={H}, W={W} does not divide into tubelets of {self.tubelet_size} "
@@ -59,18 +87,20 @@ class MaskCollator:
 
     def __call__(self, samples: list[dict]) -> dict:
         batch = default_collate(samples)
-        grid = self.grid(batch["video"].shape)
+        if self.input_key not in batch:
+            raise ValueError(f"MaskCollator expects samples with a {self.input_key!r} tensor, got keys {sorted(batch)}")
+        grid = self.grid(batch[self.input_key].shape)
         epoch, position = int(samples[0]["epoch"]), int(samples[0]["position"])
         batch["masks"] = []
         for i, cfg in enumerate(self.mask_configs):
             # One generator per config, so adding a config does not change the others' masks.
             rng = mask_rng(self.seed, self.rank, epoch, position, i)
-            context, target = sample_multiblock3d(rng, len(samples), grid, cfg)
+            context, target = cfg.sample(rng, len(samples), grid)
             batch["masks"].append({"context": context, "target": target})
         return batch
 
     def __repr__(self) -> str:
         return (
             f"MaskCollator(mask_configs={list(self.mask_configs)}, tubelet_size={self.tubelet_size}, "
-            f"patch_size={self.patch_size}, seed={self.seed}, rank={self.rank})"
+            f"patch_size={self.patch_size}, seed={self.seed}, rank={self.rank}, input_key={self.input_key!r})"
         )

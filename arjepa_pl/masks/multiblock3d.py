@@ -29,18 +29,29 @@ import torch
 MAX_RETRIES = 1000
 
 
-def _as_range(name: str, value, lo_open: float = 0.0, hi: float | None = 1.0) -> tuple[float, float]:
+def _as_range(
+    name: str, value, lo_open: float = 0.0, hi: float | None = 1.0, owner: str = "MaskConfig"
+) -> tuple[float, float]:
     """Validate a (min, max) pair; YAML hands us lists, so accept any 2-sequence."""
     try:
         lo_v, hi_v = (float(v) for v in value)
     except (TypeError, ValueError):
-        raise ValueError(f"MaskConfig.{name} must be a pair (min, max) of numbers, got {value!r}") from None
+        raise ValueError(f"{owner}.{name} must be a pair (min, max) of numbers, got {value!r}") from None
     if not (lo_v > lo_open and (hi is None or hi_v <= hi)):
         bound = f"({lo_open:g}, {hi:g}]" if hi is not None else f"> {lo_open:g}"
-        raise ValueError(f"MaskConfig.{name} values must lie in {bound}, got {value!r}")
+        raise ValueError(f"{owner}.{name} values must lie in {bound}, got {value!r}")
     if lo_v > hi_v:
-        raise ValueError(f"MaskConfig.{name} must have min <= max, got {value!r}")
+        raise ValueError(f"{owner}.{name} must have min <= max, got {value!r}")
     return (lo_v, hi_v)
+
+
+def _as_count(name: str, value, minimum: int = 1, owner: str = "MaskConfig") -> int:
+    """Validate an integer count (bools are not counts, though Python says they are ints)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise ValueError(f"{owner}.{name} must be an integer, got {value!r}")
+    if value < minimum:
+        raise ValueError(f"{owner}.{name} must be >= {minimum}, got {value}")
+    return int(value)
 
 
 @dataclass(frozen=True)
@@ -62,11 +73,7 @@ class MaskConfig:
 
     def __post_init__(self):
         # frozen=True forbids plain assignment; object.__setattr__ is the documented way round it.
-        if isinstance(self.num_blocks, bool) or not isinstance(self.num_blocks, numbers.Integral):
-            raise ValueError(f"MaskConfig.num_blocks must be an integer, got {self.num_blocks!r}")
-        if self.num_blocks < 1:
-            raise ValueError(f"MaskConfig.num_blocks must be >= 1, got {self.num_blocks}")
-        object.__setattr__(self, "num_blocks", int(self.num_blocks))
+        object.__setattr__(self, "num_blocks", _as_count("num_blocks", self.num_blocks))
         object.__setattr__(self, "spatial_scale", _as_range("spatial_scale", self.spatial_scale))
         object.__setattr__(self, "temporal_scale", _as_range("temporal_scale", self.temporal_scale))
         object.__setattr__(self, "aspect_ratio", _as_range("aspect_ratio", self.aspect_ratio, hi=None))
@@ -77,6 +84,10 @@ class MaskConfig:
         if not 0.0 < keep <= 1.0:
             raise ValueError(f"MaskConfig.max_temporal_keep must lie in (0, 1], got {self.max_temporal_keep!r}")
         object.__setattr__(self, "max_temporal_keep", keep)
+
+    def sample(self, rng: np.random.Generator, batch_size: int, grid: tuple[int, ...]) -> tuple[torch.Tensor, torch.Tensor]:
+        """One batch of masks on a (T, H, W) grid, or an image's (H, W) grid taken as one time step."""
+        return sample_multiblock3d(rng, batch_size, grid if len(grid) == 3 else (1, *grid), self)
 
 
 SHORT_RANGE = MaskConfig(8, (0.15, 0.15))
@@ -101,20 +112,32 @@ def _uniform(rng: np.random.Generator, lo_hi: tuple[float, float]) -> float:
     return lo + rng.random() * (hi - lo)
 
 
+def sample_block_hw(
+    rng: np.random.Generator, H: int, W: int, scale: tuple[float, float], aspect_ratio: tuple[float, float]
+) -> tuple[int, int]:
+    """(h, w) of a box covering ~ U(scale) of an H x W frame with height / width ~ U(aspect_ratio).
+
+    Scale and aspect are drawn independently (the I-JEPA reference draws both from one number, so its
+    large blocks are always the tall ones).
+    """
+    n = int(H * W * _uniform(rng, scale))  # tokens the box should cover
+    a = _uniform(rng, aspect_ratio)
+    # Clamp to [1, size]: on a tiny grid n can round to 0, and a wide aspect can overflow the frame.
+    h = max(1, min(round(math.sqrt(n * a)), H))
+    w = max(1, min(round(math.sqrt(n / a)), W))
+    return h, w
+
+
 def sample_block_size(rng: np.random.Generator, grid: tuple[int, int, int], cfg: MaskConfig) -> tuple[int, int, int]:
     """Step 1-2 of REFERENCE §2: one (t, h, w) box size, shared by the whole batch."""
     T, H, W = grid
     t = max(1, int(T * _uniform(rng, cfg.temporal_scale)))
-    n = int(H * W * _uniform(rng, cfg.spatial_scale))  # tokens per frame the box should cover
-    a = _uniform(rng, cfg.aspect_ratio)
-    # Clamp to [1, size]: on a tiny grid n can round to 0, and a wide aspect can overflow the frame.
-    h = max(1, min(round(math.sqrt(n * a)), H))
-    w = max(1, min(round(math.sqrt(n / a)), W))
+    h, w = sample_block_hw(rng, H, W, cfg.spatial_scale, cfg.aspect_ratio)
     return min(t, T), h, w
 
 
-def _place_boxes(rng: np.random.Generator, n: int, grid, size, num_blocks: int) -> np.ndarray:
-    """Union of `num_blocks` boxes of `size` at random positions, for n samples: bool [n, T, H, W]."""
+def place_boxes(rng: np.random.Generator, n: int, grid, size, num_blocks: int) -> np.ndarray:
+    """`num_blocks` boxes of `size` at random positions, for n samples: bool [n, num_blocks, T, H, W]."""
     T, H, W = grid
     t, h, w = size
     # Inclusive upper bounds: a box may end exactly at the last frame / row / column.
@@ -123,14 +146,13 @@ def _place_boxes(rng: np.random.Generator, n: int, grid, size, num_blocks: int) 
     left = rng.integers(0, W - w, size=(n, num_blocks), endpoint=True)
 
     # Per axis, which coordinates each box covers: [n, blocks, axis_len]. A box is the outer
-    # product of its three interval masks; the union over boxes is an `any` over the block axis.
+    # product of its three interval masks.
     def cover(lo, length, size_):
         r = np.arange(size_)
         return (r >= lo[..., None]) & (r < lo[..., None] + length)
 
     ct, ch, cw = cover(start, t, T), cover(top, h, H), cover(left, w, W)
-    boxes = ct[:, :, :, None, None] & ch[:, :, None, :, None] & cw[:, :, None, None, :]
-    return boxes.any(axis=1)
+    return ct[:, :, :, None, None] & ch[:, :, None, :, None] & cw[:, :, None, None, :]
 
 
 def sample_target_masks(
@@ -152,7 +174,7 @@ def sample_target_masks(
     cutoff = max(1, int(T * cfg.max_temporal_keep))
 
     def draw(n: int) -> np.ndarray:
-        m = _place_boxes(rng, n, grid, size, cfg.num_blocks)
+        m = place_boxes(rng, n, grid, size, cfg.num_blocks).any(axis=1)  # union of the boxes
         m[:, cutoff:] = True
         return m
 
@@ -174,7 +196,7 @@ def sample_target_masks(
     raise no_context(f"after {MAX_RETRIES} retries")
 
 
-def _first_k_indices(keep: np.ndarray, k: int) -> np.ndarray:
+def first_k_indices(keep: np.ndarray, k: int) -> np.ndarray:
     """Per row of bool [B, N], the k lowest indices where keep is True: int64 [B, k], ascending."""
     keep = keep & (np.cumsum(keep, axis=1) <= k)  # drop every True after the k-th in its row
     # nonzero walks row-major, so each row's k column indices come out in ascending order.
@@ -190,7 +212,7 @@ def masks_to_indices(masks: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
     flat = masks.reshape(masks.shape[0], -1)
     kc = int((~flat).sum(axis=1).min())
     kt = int(flat.sum(axis=1).min())
-    return torch.from_numpy(_first_k_indices(~flat, kc)), torch.from_numpy(_first_k_indices(flat, kt))
+    return torch.from_numpy(first_k_indices(~flat, kc)), torch.from_numpy(first_k_indices(flat, kt))
 
 
 def sample_multiblock3d(

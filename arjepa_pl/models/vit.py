@@ -5,7 +5,7 @@ blocks.i.mlp.fc1, norm, ...) so their checkpoints map onto ours by stripping pre
 """
 
 import math
-from typing import Optional
+from typing import Optional, Sequence, Union
 
 import torch
 import torch.nn.functional as F
@@ -135,8 +135,9 @@ class VisionTransformer(nn.Module):
     """ViT encoder over video clips [B, C, T, H, W] (tubelet patches) or images [B, C, H, W].
 
     `preset` fills embed_dim / depth / num_heads (any of them given explicitly wins).
-    `forward(x, keep)` runs only the tokens whose flat indices are in `keep` [B, K] — the JEPA context
-    encoder sees its visible tokens only, which is where most of its speed comes from.
+    `forward(x, keep)` runs only the tokens whose flat indices are in `keep` [B, K] (or each of a list
+    of such index tensors) — the JEPA context encoder sees its visible tokens only, which is where
+    most of its speed comes from.
     """
 
     def __init__(
@@ -219,8 +220,15 @@ class VisionTransformer(nn.Module):
             tokens = block(tokens, attn_mask, None if caches is None else caches[i])
         return self.norm(tokens)
 
-    def forward(self, x: torch.Tensor, keep: Optional[torch.Tensor] = None) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, keep: Optional[Union[torch.Tensor, Sequence[torch.Tensor]]] = None
+    ) -> Union[torch.Tensor, list[torch.Tensor]]:
+        """Encode all tokens, the tokens in `keep` [B, K], or — given a list of index tensors — each
+        subset in turn from one patch embedding (V-JEPA's several mask configurations). Everything
+        goes through forward() so that wrappers hooking it (FSDP2, compile) see every parameter use."""
         tokens = self.embed(x)
-        if keep is not None:
-            tokens = gather_tokens(tokens, keep)
-        return self.forward_tokens(tokens)
+        if keep is None:
+            return self.forward_tokens(tokens)
+        if isinstance(keep, torch.Tensor):
+            return self.forward_tokens(gather_tokens(tokens, keep))
+        return [self.forward_tokens(gather_tokens(tokens, k)) for k in keep]

@@ -10,7 +10,7 @@ import lightning.pytorch as L
 import torch
 from torch import nn
 
-from arjepa_pl import schedules
+from arjepa_pl import parallel, schedules
 
 
 def decay_groups(module: nn.Module) -> tuple[list[nn.Parameter], list[nn.Parameter]]:
@@ -26,8 +26,21 @@ def decay_groups(module: nn.Module) -> tuple[list[nn.Parameter], list[nn.Paramet
 class PretrainObjective(L.LightningModule):
     """Base LightningModule: optimiser, schedules and hyper-parameter bookkeeping.
 
-    Subclasses call `self.save_init_args()` first in their __init__, build their networks, and
-    implement training_step / validation_step.
+    Subclasses call `self.save_init_args()` first in their __init__, build their networks as direct
+    children (attributes) of the module, and implement training_step / validation_step.
+
+    Parallelism is configuration, applied to those networks in `configure_model` (see
+    arjepa_pl.parallel): `activation_checkpointing` and `compile` per transformer block, and FSDP2
+    when the strategy provides a device mesh (arjepa_pl.strategies.FSDP2Strategy or Lightning's
+    ModelParallelStrategy).
+
+    Args:
+        lr / start_lr / final_lr / warmup_steps: linear warm-up start_lr -> lr, then cosine to final_lr.
+        weight_decay / final_weight_decay: cosine weight-decay schedule (biases and norms: none).
+        betas / eps: AdamW's.
+        total_steps: length of the schedules; default: what the trainer will run.
+        activation_checkpointing: recompute each trainable transformer block's activations in backward.
+        compile: torch.compile each transformer block.
     """
 
     def __init__(
@@ -41,6 +54,8 @@ class PretrainObjective(L.LightningModule):
         betas: tuple[float, float] = (0.9, 0.999),
         eps: float = 1e-8,
         total_steps: Optional[int] = None,
+        activation_checkpointing: bool = False,
+        compile: bool = False,
     ):
         super().__init__()
         if warmup_steps < 0:
@@ -51,6 +66,8 @@ class PretrainObjective(L.LightningModule):
         self.weight_decay, self.final_weight_decay = weight_decay, final_weight_decay
         self.betas, self.eps = tuple(betas), eps
         self._total_steps = total_steps
+        self.activation_checkpointing, self.compile_blocks = activation_checkpointing, compile
+        self._parallelized = False
 
     def save_init_args(self) -> None:
         """save_hyperparameters() for the calling __init__, made checkpoint-safe.
@@ -70,6 +87,24 @@ class PretrainObjective(L.LightningModule):
                                      "init_args": dict(getattr(value, "config", {}))}
             elif isinstance(value, (list, tuple)) and any(is_dataclass(v) for v in value):
                 self.hparams[key] = [asdict(v) if is_dataclass(v) else v for v in value]
+
+    def configure_model(self) -> None:
+        """Activation checkpointing, compile, then FSDP2 on the strategy's mesh (arjepa_pl.parallel.parallelize).
+        Lightning calls this hook for every fit/validate/test, in the strategy's environment; the work is
+        done once."""
+        if self._parallelized:
+            return
+        self._parallelized = True
+        mesh = self._device_mesh
+        if mesh is not None:
+            if "tensor_parallel" in (mesh.mesh_dim_names or ()) and mesh["tensor_parallel"].size() > 1:
+                raise ValueError("tensor parallelism is not implemented: use tensor_parallel_size=1 "
+                                 "(arjepa_pl.strategies.FSDP2Strategy does)")
+            if "data_parallel" in (mesh.mesh_dim_names or ()):
+                mesh = mesh["data_parallel"]
+        precision = self._trainer.precision if self._trainer is not None else None
+        parallel.parallelize(self, self.activation_checkpointing, self.compile_blocks, mesh,
+                             parallel.fsdp_mixed_precision(precision) if mesh is not None else None)
 
     @property
     def total_steps(self) -> int:

@@ -1,30 +1,51 @@
-"""V-JEPA: predict the EMA target encoder's features of masked spatiotemporal blocks from the
-context encoder's features of the visible tokens (Bardes et al., 2024)."""
+"""JEPA: predict a target encoder's features of masked blocks from the context encoder's features of
+the visible tokens. One objective for video (V-JEPA, Bardes et al., 2024) and images (I-JEPA, Assran
+et al., 2023): the encoder's kind (`video: true/false`) picks the input and the mask configurations
+pick the masks; nothing else differs.
+
+Collapse — both encoders mapping everything to one point, which makes the loss zero — is held off by
+the slowly moving EMA teacher; the VICReg terms are a second, optional guard, and `teacher:
+stop_grad` (no EMA) is the ablation that shows what the EMA is for. `collapse_features` feeds the
+collapse monitor (arjepa_pl.callbacks.CollapseMonitor).
+"""
 
 import copy
-from typing import Optional, Sequence
+from typing import Literal, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
 
 from arjepa_pl import schedules
-from arjepa_pl.masks import VJEPA_DEFAULT_MASKS, MaskCollator, MaskConfig
+from arjepa_pl.feature_stats import vicreg_covariance, vicreg_variance
+from arjepa_pl.masks import IJEPA_DEFAULT_MASKS, VJEPA_DEFAULT_MASKS, AnyMaskConfig, MaskCollator, MultiBlock2DConfig, as_mask_config
 from arjepa_pl.models import JepaPredictor, VisionTransformer, gather_tokens
 from arjepa_pl.objectives.pretrain import PretrainObjective
 
 
-class VJEPA(PretrainObjective):
+class JEPA(PretrainObjective):
     """Context encoder + predictor trained by gradient; target encoder = EMA of the context encoder.
 
     Args:
-        encoder: the context encoder (the target encoder is a copy of it).
+        encoder: the context encoder (the target encoder is a copy of it). A video encoder reads
+            batch["video"] [B, C, T, H, W], an image encoder (video: false) batch["image"] [B, C, H, W].
         predictor_embed_dim / predictor_depth / predictor_num_heads: the narrow predictor ViT
             (heads default to the encoder's).
-        masks: one MaskConfig per mask configuration (default: short-range 8 x 0.15, long-range 2 x 0.7).
+        masks: mask configurations, one mask token each. MaskConfig = V-JEPA multiblock3d (targets are
+            the union of the blocks); MultiBlock2DConfig = I-JEPA multi-block (each target block is
+            predicted on its own). None: V-JEPA's short- and long-range masks for a video encoder,
+            I-JEPA's for an image encoder.
         mask_seed: masks are drawn from (mask_seed, rank, epoch, batch position), never global RNG.
-        loss_exp: p in mean(|pred - target|^p) / p (1 = V-JEPA's L1).
+        loss: "lp" = mean(|pred - target|^p) / p with p = loss_exp (V-JEPA: p = 1);
+            "smooth_l1" = Huber with beta 1 (I-JEPA).
+        loss_exp: p of the "lp" loss.
+        teacher: "ema" = targets from the EMA target encoder; "stop_grad" = targets from the context
+            encoder itself under no_grad (no EMA, no copy): an ablation that collapses easily.
         ema_momentum: (start, end) of the linear EMA momentum schedule over training.
-        Remaining args: optimiser and schedules, see PretrainObjective.
+        vicreg_var_coeff / vicreg_cov_coeff: weights of the VICReg variance and covariance terms
+            added to the loss (0 = off, the default), computed on `vicreg_features`.
+        vicreg_features: which features the VICReg terms regularise: "predicted" (the predictor's
+            outputs) and/or "context" (the context encoder's outputs).
+        Remaining args: optimiser, schedules and parallelism, see PretrainObjective.
     """
 
     def __init__(
@@ -33,10 +54,15 @@ class VJEPA(PretrainObjective):
         predictor_embed_dim: int = 384,
         predictor_depth: int = 12,
         predictor_num_heads: Optional[int] = None,
-        masks: Sequence[MaskConfig] = VJEPA_DEFAULT_MASKS,
+        masks: Optional[Sequence[AnyMaskConfig]] = None,
         mask_seed: int = 0,
+        loss: Literal["lp", "smooth_l1"] = "lp",
         loss_exp: float = 1.0,
+        teacher: Literal["ema", "stop_grad"] = "ema",
         ema_momentum: tuple[float, float] = (0.998, 1.0),
+        vicreg_var_coeff: float = 0.0,
+        vicreg_cov_coeff: float = 0.0,
+        vicreg_features: Sequence[Literal["predicted", "context"]] = ("predicted",),
         lr: float = 6.25e-4,
         start_lr: float = 2e-4,
         final_lr: float = 1e-6,
@@ -46,14 +72,31 @@ class VJEPA(PretrainObjective):
         betas: tuple[float, float] = (0.9, 0.999),
         eps: float = 1e-8,
         total_steps: Optional[int] = None,
+        activation_checkpointing: bool = False,
+        compile: bool = False,
     ):
-        super().__init__(lr, start_lr, final_lr, warmup_steps, weight_decay, final_weight_decay, betas, eps, total_steps)
+        super().__init__(lr, start_lr, final_lr, warmup_steps, weight_decay, final_weight_decay, betas, eps, total_steps,
+                         activation_checkpointing, compile)
+        if masks is None:
+            masks = VJEPA_DEFAULT_MASKS if encoder.video else IJEPA_DEFAULT_MASKS
+        masks = [as_mask_config(m) for m in masks]
         if not masks:
-            raise ValueError("V-JEPA needs at least one mask configuration")
+            raise ValueError("JEPA needs at least one mask configuration")
+        if encoder.video and any(isinstance(m, MultiBlock2DConfig) for m in masks):
+            raise ValueError("MultiBlock2DConfig (I-JEPA) masks are 2-D: use them with an image encoder "
+                             "(video: false), or MaskConfig masks for video")
+        if loss not in ("lp", "smooth_l1"):
+            raise ValueError(f"loss must be 'lp' or 'smooth_l1', got {loss!r}")
         if loss_exp <= 0:
             raise ValueError(f"loss_exp must be > 0, got {loss_exp}")
+        if teacher not in ("ema", "stop_grad"):
+            raise ValueError(f"teacher must be 'ema' or 'stop_grad', got {teacher!r}")
         if not all(0.0 <= m <= 1.0 for m in ema_momentum):
             raise ValueError(f"ema_momentum values must lie in [0, 1], got {ema_momentum}")
+        if vicreg_var_coeff < 0 or vicreg_cov_coeff < 0:
+            raise ValueError(f"VICReg coefficients must be >= 0, got {vicreg_var_coeff}, {vicreg_cov_coeff}")
+        if not set(vicreg_features) <= {"predicted", "context"}:
+            raise ValueError(f"vicreg_features must name 'predicted' and/or 'context', got {vicreg_features!r}")
         self.save_init_args()
         self.encoder = encoder
         self.predictor = JepaPredictor(
@@ -64,60 +107,135 @@ class VJEPA(PretrainObjective):
             num_mask_tokens=len(masks),
             uniform_power=encoder.config["uniform_power"],
         )
-        self.target_encoder = copy.deepcopy(encoder).requires_grad_(False)
-        self.masks = [m if isinstance(m, MaskConfig) else MaskConfig(**m) for m in masks]
-        self.mask_seed, self.loss_exp, self.ema_momentum = mask_seed, loss_exp, tuple(ema_momentum)
+        # stop_grad keeps no copy: a teacher that never moves would only be a misleading checkpoint entry.
+        self.target_encoder = copy.deepcopy(encoder).requires_grad_(False) if teacher == "ema" else None
+        self.masks, self.mask_seed = masks, mask_seed
+        self.loss, self.loss_exp, self.teacher = loss, loss_exp, teacher
+        self.ema_momentum = tuple(ema_momentum)
+        self.vicreg_var_coeff, self.vicreg_cov_coeff = vicreg_var_coeff, vicreg_cov_coeff
+        self.vicreg_features = tuple(vicreg_features)
+        self.input_key = "video" if encoder.video else "image"
+
+    @property
+    def teacher_encoder(self) -> VisionTransformer:
+        """The network whose features are the targets (and what probes should read)."""
+        return self.target_encoder if self.target_encoder is not None else self.encoder
 
     # -- data: the masks are drawn in the DataLoader workers, at collate time --------------------
     def setup(self, stage: str) -> None:
         datamodule = self.trainer.datamodule if self._trainer is not None else None
         if datamodule is None or not hasattr(datamodule, "collate_fn"):
-            raise ValueError("V-JEPA draws its masks at collate time: use a datamodule with a `collate_fn` "
-                             "attribute (e.g. data_modules.VideoDataModule)")
+            raise ValueError("JEPA draws its masks at collate time: use a datamodule with a `collate_fn` "
+                             "attribute (e.g. data_modules.VideoDataModule or data_modules.FrameDataModule)")
         datamodule.collate_fn = MaskCollator(self.masks, self.encoder.tubelet_size, self.encoder.patch_size,
-                                             seed=self.mask_seed, rank=self.global_rank)
+                                             seed=self.mask_seed, rank=self.global_rank, input_key=self.input_key)
+
+    def _input(self, batch: dict) -> torch.Tensor:
+        if self.input_key not in batch:
+            raise ValueError(f"this JEPA has a {'video' if self.encoder.video else 'image'} encoder and reads "
+                             f"batch[{self.input_key!r}], but the batch has keys {sorted(batch)}")
+        return batch[self.input_key]
 
     # -- objective ---------------------------------------------------------------------------------
-    def jepa_loss(self, batch: dict) -> tuple[torch.Tensor, list[torch.Tensor]]:
-        """Mean over mask configurations of mean(|pred - target|^p) / p, and the per-configuration terms."""
-        video, masks = batch["video"], batch.get("masks")
+    def jepa_forward(self, batch: dict, num_masks: Optional[int] = None) -> tuple[torch.Tensor, list[dict]]:
+        """(teacher features of every token [B, N, D], LayerNorm'ed, and per mask configuration a dict of
+        `context` [B, Kc, D], `predicted` and `target` [B', Kt, D]).
+
+        Targets [B, P, Kt] (P blocks predicted separately, I-JEPA) are folded into the batch: the
+        predictor sees the context with one block's slots at a time, so B' = B * P.
+        `num_masks` limits the work to the first configurations (the collapse monitor needs one).
+        """
+        x, masks = self._input(batch), batch.get("masks")
         if not masks or len(masks) != len(self.masks):
             raise ValueError(f"batch must carry {len(self.masks)} mask configurations under 'masks' "
                              f"(got {0 if not masks else len(masks)}); is the MaskCollator in place?")
-        grid = self.encoder.token_grid(video.shape)
+        grid = self.encoder.token_grid(x.shape)
         with torch.no_grad():
-            targets = self.target_encoder(video)
+            targets = self.teacher_encoder(x)
             targets = F.layer_norm(targets, targets.shape[-1:])
-        tokens = self.encoder.embed(video)  # patchify once, shared by every mask configuration
-        losses = []
-        for i, mask in enumerate(masks):
-            context = self.encoder.forward_tokens(gather_tokens(tokens, mask["context"]))
-            pred = self.predictor(context, mask["context"], mask["target"], grid, mask_token=i)
-            diff = pred - gather_tokens(targets, mask["target"])
-            losses.append(diff.abs().pow(self.loss_exp).mean() / self.loss_exp)
-        return torch.stack(losses).mean(), losses
+        masks = masks[:num_masks]
+        # One encoder call for all configurations: it patchifies once and runs each context subset,
+        # and going through forward() lets FSDP2 / compile hooks see every parameter use.
+        contexts = self.encoder(x, [mask["context"] for mask in masks])
+        outputs = []
+        for i, (mask, context) in enumerate(zip(masks, contexts)):
+            context_index, target_index = mask["context"], mask["target"]
+            target = gather_tokens(targets, target_index.flatten(1))  # [B, P*Kt, D] or [B, Kt, D]
+            pred_context, pred_context_index = context, context_index
+            if target_index.ndim == 3:
+                B, P, Kt = target_index.shape
+                target = target.reshape(B * P, Kt, -1)  # b-major, like target_index.flatten(0, 1)
+                target_index = target_index.flatten(0, 1)
+                pred_context, pred_context_index = context.repeat_interleave(P, 0), context_index.repeat_interleave(P, 0)
+            pred = self.predictor(pred_context, pred_context_index, target_index, grid, mask_token=i)
+            outputs.append({"context": context, "predicted": pred, "target": target})
+        return targets, outputs
+
+    def prediction_loss(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        if self.loss == "smooth_l1":
+            return F.smooth_l1_loss(pred, target)
+        return (pred - target).abs().pow(self.loss_exp).mean() / self.loss_exp
+
+    def jepa_terms(self, batch: dict) -> dict[str, torch.Tensor]:
+        """Every term of the loss by name: `loss` (what is minimised), `loss_mask{i}` (prediction loss
+        of configuration i; `loss` is their mean plus the VICReg terms), `vicreg_var` / `vicreg_cov`
+        (unweighted, averaged over configurations and features; present when their coefficient is on)."""
+        _, outputs = self.jepa_forward(batch)
+        terms = {f"loss_mask{i}": self.prediction_loss(o["predicted"], o["target"]) for i, o in enumerate(outputs)}
+        loss = torch.stack(list(terms.values())).mean()
+        for name, coeff, fn in (("vicreg_var", self.vicreg_var_coeff, vicreg_variance),
+                                ("vicreg_cov", self.vicreg_cov_coeff, vicreg_covariance)):
+            if coeff > 0:
+                terms[name] = torch.stack([fn(o[f]) for o in outputs for f in self.vicreg_features]).mean()
+                loss = loss + coeff * terms[name]
+        terms["loss"] = loss
+        return terms
+
+    def jepa_loss(self, batch: dict) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """(loss, prediction loss of each mask configuration)."""
+        terms = self.jepa_terms(batch)
+        return terms["loss"], [terms[f"loss_mask{i}"] for i in range(len(self.masks))]
+
+    # What may raise the collapse alarm (measured on the demo data, see the README's collapse section):
+    # - RankMe of the targets (the teacher's features of the whole input; in stop_grad mode the
+    #   student's own), not of the student's context features: a healthy student's context RankMe
+    #   drops to ~0.2x its value at initialisation within 40 steps (most context tokens are plain
+    #   background) while its spread stays > 0.45;
+    # - the normalised std of targets and context: a student collapsing under a lagging EMA teacher
+    #   shows here (0.07 by step 10) long before the teacher's RankMe follows.
+    # The predictor's outputs are only logged: a healthy predictor outputs the mean target at first.
+    collapse_watch = {"rankme": ("target",), "std": ("target", "context")}
+
+    @torch.no_grad()
+    def collapse_features(self, batch: dict) -> dict[str, torch.Tensor]:
+        """The collapse monitor's view (see arjepa_pl.callbacks.CollapseMonitor): the targets (teacher
+        features of every token, as the loss sees them), and the context encoder's and predictor's
+        outputs for the first mask configuration."""
+        targets, (first,) = self.jepa_forward(batch, num_masks=1)
+        return {"target": targets, "context": first["context"], "predicted": first["predicted"]}
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
-        loss, per_mask = self.jepa_loss(batch)
-        B = batch["video"].size(0)
-        self.log("train/loss", loss, prog_bar=True, batch_size=B)
-        for i, (term, mask) in enumerate(zip(per_mask, batch["masks"])):
-            self.log_dict({f"train/loss_mask{i}": term,
-                           f"train/context_tokens_mask{i}": float(mask["context"].size(1)),
-                           f"train/target_tokens_mask{i}": float(mask["target"].size(1))}, batch_size=B)
-        return loss
+        terms = self.jepa_terms(batch)
+        B = batch[self.input_key].size(0)
+        self.log("train/loss", terms["loss"], prog_bar=True, batch_size=B)
+        self.log_dict({f"train/{k}": v for k, v in terms.items() if k != "loss"}, batch_size=B)
+        for i, mask in enumerate(batch["masks"]):
+            # Per sample; I-JEPA's target is P blocks of Kt tokens.
+            self.log_dict({f"train/context_tokens_mask{i}": float(mask["context"][0].numel()),
+                           f"train/target_tokens_mask{i}": float(mask["target"][0].numel())}, batch_size=B)
+        return terms["loss"]
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
         loss, _ = self.jepa_loss(batch)
-        self.log("val/loss", loss, prog_bar=True, sync_dist=True, batch_size=batch["video"].size(0))
+        self.log("val/loss", loss, prog_bar=True, sync_dist=True, batch_size=self._input(batch).size(0))
 
     def test_step(self, batch: dict, batch_idx: int) -> None:
         loss, _ = self.jepa_loss(batch)
-        self.log("test/loss", loss, sync_dist=True, batch_size=batch["video"].size(0))
+        self.log("test/loss", loss, sync_dist=True, batch_size=self._input(batch).size(0))
 
     def predict_step(self, batch: dict, batch_idx: int) -> dict:
-        """Mean-pooled target-encoder features (the encoder probes use) with labels."""
-        return {"features": self.target_encoder(batch["video"]).mean(1), "label": batch.get("label")}
+        """Mean-pooled teacher features (the encoder probes use) with labels."""
+        return {"features": self.teacher_encoder(self._input(batch)).mean(1), "label": batch.get("label")}
 
     # -- EMA target --------------------------------------------------------------------------------
     def momentum_at(self, step: int) -> float:
@@ -127,13 +245,23 @@ class VJEPA(PretrainObjective):
         # Called only when the optimizer really steps, so with gradient accumulation the teacher
         # moves once per optimizer step, not once per micro-batch.
         super().optimizer_step(epoch, batch_idx, optimizer, optimizer_closure)
+        if self.target_encoder is None:  # stop_grad: the teacher is the encoder itself
+            return
         momentum = self.momentum_at(self.trainer.global_step)
         self.update_target(momentum)
         self.log("train/ema_momentum", momentum, on_step=True, on_epoch=False)
 
     @torch.no_grad()
     def update_target(self, momentum: float) -> None:
-        """k <- m k + (1 - m) q for every parameter, as one fused op over the parameter lists."""
+        """k <- m k + (1 - m) q for every parameter, as one fused op over the parameter lists.
+
+        Under FSDP2 the teacher is sharded exactly like the student, so this is a shard-local lerp;
+        a root module keeps its weights gathered after forward, so both are resharded first."""
+        if self.target_encoder is None:
+            raise RuntimeError("teacher='stop_grad' has no target encoder to update")
+        for module in (self.encoder, self.target_encoder):
+            if callable(getattr(module, "reshard", None)):  # an FSDP2 module
+                module.reshard()
         online = list(self.encoder.parameters())
         target = list(self.target_encoder.parameters())
         torch._foreach_lerp_(target, online, 1.0 - momentum)
@@ -141,3 +269,7 @@ class VJEPA(PretrainObjective):
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         # Enough to rebuild the encoder without this class (probes, export).
         checkpoint["encoder_config"] = dict(self.encoder.config)
+
+
+# V-JEPA is JEPA with a video encoder: the name configs/vjepa*.yaml use.
+VJEPA = JEPA

@@ -1,0 +1,8 @@
+"""Callbacks that work with every objective: metrics beyond the loss, throughput, media, collapse."""
+
+from arjepa_pl.callbacks.collapse import CollapseMonitor, ExposesCollapseFeatures
+from arjepa_pl.callbacks.grad_norm import GradNormMonitor
+from arjepa_pl.callbacks.media import MediaLogger
+from arjepa_pl.callbacks.performance import PerformanceMonitor
+
+__all__ = ["CollapseMonitor", "ExposesCollapseFeatures", "GradNormMonitor", "MediaLogger", "PerformanceMonitor"]

@@ -1,0 +1,212 @@
+"""Pictures and videos of what a run is doing, every N steps and at the end of training.
+
+Every picture is written as a PNG and every video as an H.264 mp4 under `<run dir>/media/stepNNNNNN/`
+(useful without W&B), and logged as `media/<name>` to every WandbLogger of the trainer.
+
+Built in: for batches that carry JEPA masks (batch["masks"] = [{"context": [B, Kc], "target": [B, Kt]}, ...]
+of flat (t, h, w) token indices), one picture per mask configuration, `masks<i>`.
+
+Protocol for everything else (AR rollouts, probe confusion matrices, ...): a LightningModule may define
+
+    def media(self, batch) -> dict[str, np.ndarray]
+
+returning uint8 (or float in [0, 1]) arrays: [H, W, 3] or [H, W] is a picture, [T, H, W, 3] a video.
+It gets the first `max_clips` clips of a training batch on the module's device, and runs in eval mode
+under no_grad and the trainer's precision, on every rank (so sharded models work); rank 0 writes.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Optional, Sequence
+
+import lightning.pytorch as L
+import numpy as np
+import torch
+from lightning_utilities.core.apply_func import apply_to_collection
+from lightning.pytorch.loggers import WandbLogger
+
+STRIPE_RGB = np.array([40.0, 110.0, 255.0], dtype=np.float32)
+MASK_CAPTION = "context tokens as the encoder sees them; target tokens grey with blue stripes; the rest dark"
+
+
+def unnormalise(video: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> np.ndarray:
+    """Normalised clips [B, C, T, H, W] -> uint8 RGB frames [B, T, H, W, C]."""
+    shape = (1, -1, 1, 1, 1)
+    x = video.detach().float().cpu() * torch.tensor(std).view(shape) + torch.tensor(mean).view(shape)
+    return (x.clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 4, 1).numpy()
+
+
+def tile(frames: np.ndarray, gap: int = 2) -> np.ndarray:
+    """[rows, cols, H, W, 3] -> one [rows*(H+gap)-gap, cols*(W+gap)-gap, 3] picture on white."""
+    rows, cols, h, w, c = frames.shape
+    out = np.full((rows * (h + gap) - gap, cols * (w + gap) - gap, c), 255, dtype=np.uint8)
+    for r in range(rows):
+        for k in range(cols):
+            out[r * (h + gap):r * (h + gap) + h, k * (w + gap):k * (w + gap) + w] = frames[r, k]
+    return out
+
+
+def mask_pictures(
+    video: torch.Tensor,
+    masks: Sequence[dict],
+    tubelet_size: int,
+    patch_size: int,
+    mean: Optional[Sequence[float]] = None,
+    std: Optional[Sequence[float]] = None,
+    num_frames: int = 4,
+    min_size: int = 128,
+) -> dict[str, np.ndarray]:
+    """One picture per mask configuration, `masks<i>`: a row per clip, `num_frames` frames spread over
+    the clip: context tokens as they are, target tokens grey with blue stripes (visible on any colour),
+    tokens in neither (dropped to give every clip of the batch the same count) dark.
+
+    Args:
+        video: normalised clips [B, C, T, H, W].
+        masks: per configuration {"context": [B, Kc], "target": [B, Kt]} flat indices into the
+            (T / tubelet_size, H / patch_size, W / patch_size) token grid.
+        mean, std: the data's normalisation (default ImageNet's).
+        min_size: frames are enlarged (nearest neighbour) to at least this many pixels high.
+    """
+    from data_modules.transforms import IMAGENET_MEAN, IMAGENET_STD  # here: the video libraries load lazily
+
+    rgb = unnormalise(video, mean or IMAGENET_MEAN, std or IMAGENET_STD)  # [B, T, H, W, 3]
+    B, T, H, W, _ = rgb.shape
+    grid = (T // tubelet_size, H // patch_size, W // patch_size)
+    times = np.unique(np.linspace(0, T - 1, min(num_frames, T)).round().astype(int))
+    scale = max(1, math.ceil(min_size / H))
+    stripes = (np.arange(H)[:, None] + np.arange(W)[None, :]) % 6 < 2  # [H, W] diagonal hatching
+    pictures = {}
+    for i, mask in enumerate(masks):
+        frames = rgb[:, times].astype(np.float32)  # [B, F, H, W, 3]
+        for b in range(B):
+            labels = np.zeros(math.prod(grid), dtype=np.uint8)  # 0 neither, 1 context, 2 target
+            labels[mask["context"][b].cpu().numpy()] = 1
+            labels[mask["target"][b].cpu().numpy()] = 2
+            labels = labels.reshape(grid)[times // tubelet_size]  # [F, H', W'] tokens of the shown frames
+            pixels = labels.repeat(patch_size, axis=1).repeat(patch_size, axis=2)[:, :H, :W]
+            f = frames[b]  # a view: edited in place
+            target = pixels == 2
+            f[target] = 0.7 * f[target].mean(-1, keepdims=True)
+            f[target & stripes] = STRIPE_RGB
+            f[pixels == 0] *= 0.25
+        frames = frames.round().astype(np.uint8).repeat(scale, axis=2).repeat(scale, axis=3)
+        pictures[f"masks{i}"] = tile(frames)
+    return pictures
+
+
+def as_media(name: str, array) -> np.ndarray:
+    """A picture [H, W, 3] or video [T, H, W, 3] as uint8, or a ValueError naming `name`."""
+    a = np.asarray(array.detach().cpu() if torch.is_tensor(array) else array)
+    if a.dtype != np.uint8:
+        if not np.issubdtype(a.dtype, np.floating):
+            raise ValueError(f"media {name!r}: expected uint8 or float in [0, 1], got {a.dtype}")
+        a = (np.clip(np.nan_to_num(a), 0, 1) * 255).round().astype(np.uint8)
+    if a.ndim == 2:
+        a = a[..., None]
+    if a.ndim not in (3, 4) or a.shape[-1] not in (1, 3):
+        raise ValueError(f"media {name!r}: expected a picture [H, W, 3] or [H, W] or a video [T, H, W, 3], "
+                         f"got shape {tuple(a.shape)}")
+    return np.repeat(a, 3, axis=-1) if a.shape[-1] == 1 else a
+
+
+def write_media(media: dict, dirpath: str | Path, step: int, loggers: Sequence = (), fps: int = 4,
+                captions: Optional[dict[str, str]] = None) -> list[Path]:
+    """Write `media` to `dirpath/stepNNNNNN/<name>.png|.mp4` and log them to the WandbLoggers in `loggers`."""
+    from PIL import Image
+
+    from data_modules.demo_videos import write_mp4
+
+    folder = Path(dirpath) / f"step{step:06d}"
+    folder.mkdir(parents=True, exist_ok=True)
+    written = []
+    for name, array in media.items():
+        a = as_media(name, array)
+        stem = folder / name.replace("/", "_")
+        caption = (captions or {}).get(name)
+        if a.ndim == 3:
+            path = stem.with_suffix(".png")
+            Image.fromarray(a).save(path)
+        else:  # H.264 in yuv420p needs even sides
+            a = np.pad(a, ((0, 0), (0, a.shape[1] % 2), (0, a.shape[2] % 2), (0, 0)), mode="edge")
+            path = stem.with_suffix(".mp4")
+            write_mp4(path, a, fps=fps)
+        for logger in loggers:
+            if isinstance(logger, WandbLogger):
+                log = logger.log_image if a.ndim == 3 else logger.log_video
+                log(key=f"media/{name}", **{"images" if a.ndim == 3 else "videos": [str(path)]}, step=step,
+                    caption=[caption])
+        written.append(path)
+    return written
+
+
+def first_clips(batch, k: int):
+    """The first `k` entries of every tensor in a batch, detached, on the CPU."""
+    return apply_to_collection(batch, torch.Tensor, lambda t: t[:k].detach().cpu() if t.ndim else t.detach().cpu())
+
+
+class MediaLogger(L.Callback):
+    """Media at the first training step, every `every_n_steps` optimizer steps and at the end of training.
+
+    The end-of-training media reuse the clips of the last media step, with the final model.
+
+    Args:
+        every_n_steps: optimizer steps between media.
+        max_clips: clips of a batch to draw.
+        num_frames: frames of each clip in the mask pictures.
+        fps: frame rate of the videos.
+        dirpath: where to write them (default `<trainer.log_dir>/media`).
+    """
+
+    def __init__(self, every_n_steps: int = 100, max_clips: int = 2, num_frames: int = 4, fps: int = 4,
+                 dirpath: Optional[str] = None):
+        if every_n_steps < 1 or max_clips < 1 or num_frames < 1 or fps < 1:
+            raise ValueError("every_n_steps, max_clips, num_frames and fps must all be >= 1")
+        self.every_n_steps, self.max_clips, self.num_frames, self.fps = every_n_steps, max_clips, num_frames, fps
+        self.dirpath = dirpath
+        self._batch = None
+        self._logged_step: Optional[int] = None
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        # trainer.log_dir is a collective under DDP: resolve it here, on every rank.
+        if self.dirpath is None:
+            self.dirpath = str(Path(trainer.log_dir or trainer.default_root_dir) / "media")
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        step = trainer.global_step
+        if self._batch is None or (step % self.every_n_steps == 0 and step != self._logged_step):
+            self._batch = first_clips(batch, self.max_clips)
+            self.log_media(trainer, pl_module, self._batch, step)
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        if self._batch is not None and trainer.global_step != self._logged_step:
+            self.log_media(trainer, pl_module, self._batch, trainer.global_step)
+
+    def collect(self, trainer: L.Trainer, pl_module: L.LightningModule, batch) -> dict[str, np.ndarray]:
+        """The built-in mask pictures (rank 0) and the module's own `media(batch)` (every rank)."""
+        media = {}
+        encoder = getattr(pl_module, "encoder", None)
+        if trainer.is_global_zero and isinstance(batch, dict) and batch.get("masks") and "video" in batch \
+                and hasattr(encoder, "patch_size"):
+            data = trainer.datamodule
+            media.update(mask_pictures(batch["video"], batch["masks"], getattr(encoder, "tubelet_size", 1),
+                                       encoder.patch_size, getattr(data, "mean", None), getattr(data, "std", None),
+                                       num_frames=self.num_frames))
+        if callable(getattr(pl_module, "media", None)):
+            training = pl_module.training
+            pl_module.eval()
+            try:
+                with torch.no_grad(), trainer.precision_plugin.forward_context():
+                    on_device = apply_to_collection(batch, torch.Tensor, lambda t: t.to(pl_module.device))
+                    media.update(pl_module.media(on_device))
+            finally:
+                pl_module.train(training)
+        return media
+
+    def log_media(self, trainer: L.Trainer, pl_module: L.LightningModule, batch, step: int) -> None:
+        media = self.collect(trainer, pl_module, batch)
+        if trainer.is_global_zero and media:
+            captions = {name: MASK_CAPTION for name in media if name.startswith("masks")}
+            write_media(media, self.dirpath, step, trainer.loggers, fps=self.fps, captions=captions)
+        self._logged_step = step

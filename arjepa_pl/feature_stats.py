@@ -1,0 +1,69 @@
+"""Statistics of a batch of feature vectors, to prevent and to detect representation collapse.
+
+Every function takes features shaped [..., D] (e.g. tokens [B, N, D]) and treats each of the
+leading positions as one sample of a D-dimensional vector. All of them compute in float32 whatever
+the input dtype (bf16 variances and singular values are too coarse to be useful).
+
+- `vicreg_variance`, `vicreg_covariance`: the VICReg regularisers (Bardes et al., 2022). Differentiable;
+  the JEPA objective can add them to its loss.
+- `rankme`, `normalized_std`: read-only measurements for the collapse monitor.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+
+def as_rows(features: torch.Tensor) -> torch.Tensor:
+    """[..., D] -> float32 [M, D], one row per feature vector."""
+    if features.ndim < 2:
+        raise ValueError(f"features must be [..., D] with at least one sample axis, got shape {tuple(features.shape)}")
+    return features.reshape(-1, features.shape[-1]).float()
+
+
+def vicreg_variance(features: torch.Tensor, gamma: float = 1.0, eps: float = 1e-4) -> torch.Tensor:
+    """mean over dimensions of relu(gamma - sqrt(Var + eps)): pushes every dimension's std up to gamma.
+
+    A constant batch gets the largest penalty, gamma - sqrt(eps); one whose dimensions all have std
+    >= gamma gets none. (V-JEPA's optional regulariser is this term on the predicted tokens.)
+    """
+    z = as_rows(features)
+    std = torch.sqrt(z.var(dim=0) + eps)  # unbiased, as VICReg
+    return torch.relu(gamma - std).mean()
+
+
+def vicreg_covariance(features: torch.Tensor) -> torch.Tensor:
+    """Sum of squared off-diagonal covariances / D: decorrelates the dimensions, so the variance term
+    cannot be met by D copies of one informative direction. Zero for a whitened batch."""
+    z = as_rows(features)
+    M, D = z.shape
+    z = z - z.mean(dim=0)
+    cov = (z.T @ z) / max(M - 1, 1)
+    off_diagonal = cov.pow(2).sum() - cov.diagonal().pow(2).sum()
+    return off_diagonal / D
+
+
+@torch.no_grad()
+def rankme(features: torch.Tensor, eps: float = 1e-7) -> float:
+    """RankMe effective rank (Garrido et al., 2023): exp of the entropy of the normalised singular values.
+
+    In [1, min(M, D)]: ~1 when every vector points the same way (collapse), ~D for isotropic
+    features (given M >= D samples). Uncentred, as in the paper.
+    """
+    z = as_rows(features)
+    s = torch.linalg.svdvals(z)
+    p = s / (s.sum() + eps) + eps
+    return float(torch.exp(-(p * p.log()).sum()))
+
+
+@torch.no_grad()
+def normalized_std(features: torch.Tensor) -> float:
+    """Mean per-dimension std of the L2-normalised vectors, times sqrt(D).
+
+    For isotropic features this is ~1 whatever D; when all vectors collapse to one direction it goes
+    to 0 (SimSiam's collapse indicator, rescaled so one floor fits every width).
+    """
+    z = torch.nn.functional.normalize(as_rows(features), dim=1)
+    return float(z.std(dim=0).mean() * math.sqrt(z.shape[1]))

@@ -1,0 +1,137 @@
+"""Helpers for the multi-process tests: launch the CLI as subprocesses, read checkpoints, and
+test-only classes the CLI loads by class path (this folder is importable as `tests` with the
+repository root on PYTHONPATH)."""
+
+import copy
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import lightning.pytorch as L
+import torch
+from torch.utils.data import default_collate
+
+from arjepa_pl.masks import MaskCollator
+from data_modules import VideoDataModule
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def cli_env(**extra) -> dict:
+    """Environment for a CLI subprocess: this checkout first on the path, offline, one thread per
+    process (2 ranks on 2 cores)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("SLURM_", "LOCAL_RANK", "NODE_RANK", "WORLD_SIZE"))}
+    env.update(PYTHONPATH=str(REPO), WANDB_MODE="offline", OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+    env.update(extra)
+    return env
+
+
+def tiny_run_args(run_dir: Path, manifests, steps: int, batch: int, every: int, logger: bool = False) -> list[str]:
+    """A V-JEPA run small enough for a 2-core CPU: 8 frames of 32x32, 2-layer encoder, no validation,
+    a checkpoint every `every` steps and no other callback; no logger unless `logger` (the config's)."""
+    checkpoints = {"class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
+                   "init_args": {"dirpath": str(run_dir / "checkpoints"), "filename": "step{step:06d}",
+                                 "auto_insert_metric_name": False, "every_n_train_steps": every,
+                                 "save_last": True, "save_top_k": -1}}
+    return [
+        "--config", str(REPO / "configs/vjepa.yaml"),
+        "--trainer.default_root_dir", str(run_dir), "--trainer.max_steps", str(steps),
+        "--trainer.limit_val_batches", "0", "--trainer.enable_progress_bar", "false",
+        "--trainer.enable_model_summary", "false", "--trainer.log_every_n_steps", "1",
+        f"--trainer.callbacks={json.dumps([checkpoints])}", *([] if logger else ["--trainer.logger", "false"]),
+        "--data.train_manifest", str(manifests.train), "--data.frames_per_clip", "8", "--data.crop_size", "32",
+        "--data.batch_size", str(batch), "--data.num_workers", "0",
+        "--model.init_args.encoder.init_args.embed_dim", "32", "--model.init_args.encoder.init_args.depth", "2",
+        "--model.init_args.encoder.init_args.num_heads", "2", "--model.init_args.predictor_embed_dim", "16",
+        "--model.init_args.predictor_depth", "1", "--model.init_args.predictor_num_heads", "2",
+        "--model.init_args.warmup_steps", "2", "--model.init_args.total_steps", "20",
+    ]
+
+
+def run_cli(args: list[str], timeout: int = 300, returncode: int = 0, **env) -> subprocess.CompletedProcess:
+    """`python -m arjepa_pl fit ARGS` in a subprocess; asserts its exit status."""
+    done = subprocess.run([sys.executable, "-m", "arjepa_pl", "fit", *args], cwd=REPO, env=cli_env(**env),
+                          capture_output=True, text=True, timeout=timeout)
+    assert done.returncode == returncode, f"exit {done.returncode}\n{done.stdout[-3000:]}\n{done.stderr[-5000:]}"
+    return done
+
+
+def load_checkpoint(path: Path) -> dict:
+    """A full (.ckpt file) checkpoint, or the tensors of a sharded (directory) one, gathered."""
+    if path.is_dir():
+        from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
+
+        with tempfile.TemporaryDirectory() as tmp:
+            dcp_to_torch_save(path, Path(tmp) / "full.pt")
+            return torch.load(Path(tmp) / "full.pt", weights_only=True)
+    return torch.load(path, weights_only=True)
+
+
+def load_weights(path: Path) -> dict[str, torch.Tensor]:
+    return load_checkpoint(path)["state_dict"]
+
+
+def max_abs_diff(a: dict, b: dict) -> float:
+    assert a.keys() == b.keys()
+    return max((a[k].float() - b[k].float()).abs().max().item() for k in a)
+
+
+# -- loaded by the CLI in subprocesses -----------------------------------------------------------
+
+class SameMasks:
+    """Every sample of every batch on every rank gets the same masks, so a global batch split over
+    ranks is the same computation as one process with the whole batch (the real masks are keyed by
+    rank and batch position, which differ between the two)."""
+
+    def __init__(self, collator: MaskCollator):
+        self.collator = copy.copy(collator)
+        self.collator.rank = 0
+
+    def __call__(self, samples: list[dict]) -> dict:
+        batch = default_collate(samples)
+        one = self.collator([{**samples[0], "epoch": 0, "position": 0}])
+        batch["masks"] = [{k: v.expand(len(samples), -1).clone() for k, v in m.items()} for m in one["masks"]]
+        return batch
+
+
+class SameMaskData(VideoDataModule):
+    @property
+    def collate_fn(self):
+        return self._collate_fn
+
+    @collate_fn.setter
+    def collate_fn(self, fn):
+        self._collate_fn = SameMasks(fn) if isinstance(fn, MaskCollator) else fn
+
+
+class KillAt(L.Callback):
+    """kill -9 this process right after optimizer step `step` (before that step's checkpoint)."""
+
+    def __init__(self, step: int):
+        self.step = step
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        if trainer.global_step == self.step:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+
+class ShardReport(L.Callback):
+    """Writes, at the end of training, how the encoders are sharded (rank 0, JSON)."""
+
+    def __init__(self, path: str):
+        self.path = path
+
+    def on_train_end(self, trainer, pl_module):
+        from arjepa_pl.parallel import co_sharded
+
+        enc = list(pl_module.encoder.parameters())
+        local = sum(p.to_local().numel() if hasattr(p, "to_local") else p.numel() for p in enc)
+        report = {"co_sharded": co_sharded(pl_module.encoder, pl_module.target_encoder),
+                  "dtensor": all(hasattr(p, "placements") for p in enc),
+                  "local_fraction": local / sum(p.numel() for p in enc), "world_size": trainer.world_size}
+        if trainer.is_global_zero:
+            Path(self.path).write_text(json.dumps(report))
