@@ -14,7 +14,9 @@ import torch
 from arjepa_pl.cli import ArJepaCLI
 
 REPO = Path(__file__).resolve().parents[1]
-QUIET = ["--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false"]
+# A CSV logger instead of the configs' W&B one (tests/test_wandb.py covers W&B): metrics.csv is simple to read.
+QUIET = ["--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false",
+         "--trainer.logger", "lightning.pytorch.loggers.CSVLogger", "--trainer.logger.init_args.name", "logs"]
 
 
 def logged(run_dir: Path, key: str) -> list[float]:
@@ -65,6 +67,10 @@ def test_ar_video_fits_and_rolls_out(tmp_path, demo_manifests):
     val, copy_last = logged(run_dir, "val/loss"), logged(run_dir, "val/copy_last_loss")
     assert len(val) == len(copy_last) == 2 and val[-1] < val[0], val
     assert val[-1] < copy_last[-1], (val, copy_last)  # predicts the next step better than copying the last frame
+    # Rollout media while training (MediaLogger + ARVideo.media): after the first step and at the end.
+    for step in ("step000001", "step000040"):
+        media = run_dir / "logs" / "version_0" / "media" / step
+        assert (media / "rollout.png").is_file() and (media / "rollout_video.mp4").is_file(), step
     predict(run_dir, args + ["--data.batch_size", "8"])
     rollouts = run_dir / "rollouts"
     assert len(list(rollouts.glob("clip*.png"))) == 8 and len(list(rollouts.glob("clip*.mp4"))) == 8

@@ -8,12 +8,15 @@ patch codes with cross-entropy. Both generate rollouts in `predict`.
 
 from typing import Literal, Optional
 
+import numpy as np
 import torch
 import torch.nn.functional as F
+from lightning.pytorch.utilities import rank_zero_warn
 
 from arjepa_pl.models import MLP, KVCache, VisionTransformer, next_step_outputs, normalize_patches, patchify, unpatchify
 from arjepa_pl.models.ar_video import hold_last_frame
 from arjepa_pl.models.vit import init_transformer_weights
+from arjepa_pl.objectives.ar_writers import rollout_frames, rollout_strip
 from arjepa_pl.objectives.pretrain import PretrainObjective
 from data_modules.transforms import IMAGENET_MEAN, IMAGENET_STD
 
@@ -143,6 +146,22 @@ class NextStepObjective(PretrainObjective):
         prediction = self.rollout(video, c)
         return {"context": self.to_pixels(video[:, :, :c]), "prediction": self.to_pixels(prediction),
                 "truth": self.to_pixels(video[:, :, c:]), "index": batch.get("index")}
+
+    def media(self, batch: dict) -> dict[str, np.ndarray]:
+        """Rollouts of a few training clips while training runs (callbacks.MediaLogger saves them and
+        logs them to W&B): `rollout`, one strip per clip (context | truth above context | prediction),
+        and `rollout_video`, truth beside the model, the clips stacked."""
+        video = batch["video"]
+        if video.size(2) <= self.rollout_context_frames:
+            rank_zero_warn(f"no rollout media: clips of {video.size(2)} frames leave nothing to predict after "
+                           f"rollout_context_frames={self.rollout_context_frames}")
+            return {}
+        out = self.predict_step(batch, 0)
+        clips = [(out["context"][b], out["prediction"][b], out["truth"][b]) for b in range(video.size(0))]
+        strips = [rollout_strip(*clip) for clip in clips]
+        gap = np.full((4, strips[0].shape[1], 3), 255, np.uint8)  # white band between clips
+        return {"rollout": np.concatenate([part for strip in strips for part in (strip, gap)][:-1], axis=0),
+                "rollout_video": np.concatenate([rollout_frames(*clip) for clip in clips], axis=1)}
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         # Enough to rebuild the encoder without this class (probes, export), as for V-JEPA.

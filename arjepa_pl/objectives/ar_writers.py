@@ -11,11 +11,11 @@ import json
 from pathlib import Path
 from typing import Optional
 
-import av
 import numpy as np
 import torch
 from lightning.pytorch.callbacks import BasePredictionWriter
 from lightning.pytorch.utilities import rank_zero_info
+from PIL import Image
 
 from arjepa_pl.objectives.ar_metrics import HorizonMetrics
 from data_modules.demo_videos import write_mp4
@@ -54,17 +54,6 @@ def rollout_frames(context: torch.Tensor, prediction: torch.Tensor, truth: torch
         out[t, 2:H + 2, 2:W + 2] = true[t]
         out[t, 2:H + 2, W + 10:2 * W + 10] = model[t]
     return out
-
-
-def write_png(path: str | Path, rgb: np.ndarray) -> None:
-    """uint8 [H, W, 3] -> lossless PNG (through PyAV, which the project already needs)."""
-    with av.open(str(path), mode="w", format="image2") as container:
-        stream = container.add_stream("png")
-        stream.width, stream.height, stream.pix_fmt = rgb.shape[1], rgb.shape[0], "rgb24"
-        for packet in stream.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(rgb), format="rgb24")):
-            container.mux(packet)
-        for packet in stream.encode():
-            container.mux(packet)
 
 
 def _run_dir(trainer, output_dir: Optional[str], name: str) -> Path:
@@ -109,7 +98,7 @@ class RolloutWriter(BasePredictionWriter):
             if self.written >= self.max_clips:
                 continue
             name = f"clip{int(index[b]):05d}" if index is not None else f"rank{trainer.global_rank}_clip{self.clips:05d}"
-            write_png(self.dir / f"{name}.png", rollout_strip(context[b], pred[b], truth[b]))
+            Image.fromarray(rollout_strip(context[b], pred[b], truth[b])).save(self.dir / f"{name}.png")
             write_mp4(self.dir / f"{name}.mp4", rollout_frames(context[b], pred[b], truth[b]), fps=self.fps)
             self.written += 1
 
