@@ -45,7 +45,9 @@ class JEPA(PretrainObjective):
             added to the loss (0 = off, the default), computed on `vicreg_features`.
         vicreg_features: which features the VICReg terms regularise: "predicted" (the predictor's
             outputs) and/or "context" (the context encoder's outputs).
-        Remaining args: optimiser, schedules and parallelism, see PretrainObjective.
+        optim_args: optimiser, schedules and parallelism (lr, start_lr, final_lr, warmup_steps,
+            weight_decay, final_weight_decay, betas, eps, total_steps, activation_checkpointing,
+            compile), see PretrainObjective.
     """
 
     def __init__(
@@ -63,20 +65,11 @@ class JEPA(PretrainObjective):
         vicreg_var_coeff: float = 0.0,
         vicreg_cov_coeff: float = 0.0,
         vicreg_features: Sequence[Literal["predicted", "context"]] = ("predicted",),
-        lr: float = 6.25e-4,
-        start_lr: float = 2e-4,
-        final_lr: float = 1e-6,
-        warmup_steps: int = 0,
-        weight_decay: float = 0.04,
-        final_weight_decay: float = 0.4,
-        betas: tuple[float, float] = (0.9, 0.999),
-        eps: float = 1e-8,
-        total_steps: Optional[int] = None,
-        activation_checkpointing: bool = False,
-        compile: bool = False,
+        **optim_args,
     ):
-        super().__init__(lr, start_lr, final_lr, warmup_steps, weight_decay, final_weight_decay, betas, eps, total_steps,
-                         activation_checkpointing, compile)
+        # jsonargparse resolves **optim_args from PretrainObjective's signature: the same typed CLI
+        # keys (lr, warmup_steps, compile, ...), and a mistyped one is still an error.
+        super().__init__(**optim_args)
         if masks is None:
             masks = VJEPA_DEFAULT_MASKS if encoder.video else IJEPA_DEFAULT_MASKS
         masks = [as_mask_config(m) for m in masks]
