@@ -1,4 +1,6 @@
-"""`python -m arjepa_pl fit|validate|test|predict --config FILE [--key value ...]`.
+"""`python -m arjepa_pl fit|validate|test|predict --config FILE [--key value ...]`, and the commands
+that are not one Trainer call: `compare` (pretrain several objectives, probe them, tabulate) and
+`export` (a checkpoint's encoder as a plain state dict), each with its own parser.
 
 One LightningCLI serves every objective: the model and the data module are chosen by `class_path`
 in the YAML. Config files and command-line overrides are merged first and OmegaConf interpolations
@@ -11,7 +13,9 @@ state is saved, and under SLURM a pre-emption signal checkpoints and requeues at
 (arjepa_pl.checkpoints, arjepa_pl.slurm).
 """
 
-from typing import Optional
+import importlib
+import sys
+from typing import Optional, Sequence
 
 import lightning.pytorch as L
 import yaml
@@ -70,6 +74,19 @@ class ArJepaCLI(LightningCLI):
     before_fit = before_validate = before_test = before_predict = _resolve_checkpoint_args
 
 
-def main(args: Optional[list[str]] = None) -> None:
+# Commands beyond Lightning's subcommands: module whose main(argv) runs them, and what they do.
+EXTRA_COMMANDS = {
+    "compare": ("arjepa_pl.compare", "pretrain objectives on equal terms, probe each frozen encoder, write the table"),
+    "export": ("arjepa_pl.export", "write a checkpoint's encoder as a plain state dict with its rebuild config"),
+}
+
+
+def main(args: Optional[Sequence[str]] = None) -> None:
     """Entry point; `args` None reads sys.argv."""
-    ArJepaCLI(args=args)
+    argv = list(sys.argv[1:] if args is None else args)
+    if argv and argv[0] in EXTRA_COMMANDS:
+        importlib.import_module(EXTRA_COMMANDS[argv[0]][0]).main(argv[1:])
+        return
+    if argv and argv[0] in ("-h", "--help"):
+        print("other commands:\n" + "".join(f"  {name:<9} {text}\n" for name, (_, text) in EXTRA_COMMANDS.items()))
+    ArJepaCLI(args=None if args is None else argv)  # None: Lightning reads sys.argv itself

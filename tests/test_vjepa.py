@@ -162,7 +162,8 @@ def test_checkpoint_loads_with_weights_only(tmp_path):
     hp = ckpt["hyper_parameters"]
     assert hp["encoder"]["init_args"]["embed_dim"] == 32
     assert hp["masks"][0]["num_blocks"] == 2
-    assert ckpt["encoder_config"]["patch_size"] == 8
+    assert ckpt["feature_extractor"]["spec"]["encoder"]["patch_size"] == 8
+    assert ckpt["feature_extractor"]["prefixes"] == {"encoder": "target_encoder."}
     assert any(k.startswith("target_encoder.") for k in ckpt["state_dict"])
     assert not any("pos_embed" in k for k in ckpt["state_dict"]), "sin-cos tables are derived, not saved"
 

@@ -13,6 +13,8 @@ from typing import Optional
 import torch
 from torch import nn
 
+from arjepa_pl.models.ar_video import patchify, unpatchify
+
 
 def nearest(x: torch.Tensor, centres: torch.Tensor, chunk: int = 8192) -> tuple[torch.Tensor, torch.Tensor]:
     """(index of the nearest centre, squared distance to it) for every row of x [N, D]; chunked so
@@ -120,3 +122,11 @@ class PatchKMeans(nn.Module):
         self.codebook.copy_(state["codebook"])
         self.fitted.fill_(True)
         return state.get("stats", {})
+
+
+def tokenize_clip(tokenizer: PatchKMeans, video: torch.Tensor, tubelet: int, patch: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(codes [B, N], the tokenized clip [B, C, T, H, W]: every (tubelet, patch, patch) patch replaced by its
+    code's centre) — what a token model's encoder sees."""
+    B, C, T, H, W = video.shape
+    codes = tokenizer.encode(patchify(video, tubelet, patch))
+    return codes, unpatchify(tokenizer.decode(codes), (T // tubelet, H // patch, W // patch), tubelet, patch)

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from lightning.pytorch.utilities import rank_zero_warn
 
-from arjepa_pl.models import MLP, KVCache, VisionTransformer, next_step_outputs, normalize_patches, patchify, unpatchify
+from arjepa_pl.models import MLP, FeatureExtractor, KVCache, VisionTransformer, next_step_outputs, normalize_patches, patchify, unpatchify
 from arjepa_pl.models.ar_video import hold_last_frame
 from arjepa_pl.models.vit import init_transformer_weights
 from arjepa_pl.objectives.ar_writers import rollout_frames, rollout_strip
@@ -74,6 +74,10 @@ class NextStepObjective(PretrainObjective):
         datamodule = self.trainer.datamodule if self._trainer is not None else None
         if datamodule is not None and hasattr(datamodule, "mean") and hasattr(datamodule, "std"):
             self.pixel_mean, self.pixel_std = tuple(datamodule.mean), tuple(datamodule.std)
+
+    def feature_extractor(self) -> FeatureExtractor:
+        """What probes read: the encoder under the block-causal mask it was trained with."""
+        return FeatureExtractor(self.encoder, block_causal=True, prefix_steps=self.prefix_steps)
 
     def to_pixels(self, video: torch.Tensor) -> torch.Tensor:
         """Normalised [B, 3, T, H, W] -> [0, 1] pixels."""
@@ -162,10 +166,6 @@ class NextStepObjective(PretrainObjective):
         gap = np.full((4, strips[0].shape[1], 3), 255, np.uint8)  # white band between clips
         return {"rollout": np.concatenate([part for strip in strips for part in (strip, gap)][:-1], axis=0),
                 "rollout_video": np.concatenate([rollout_frames(*clip) for clip in clips], axis=1)}
-
-    def on_save_checkpoint(self, checkpoint: dict) -> None:
-        # Enough to rebuild the encoder without this class (probes, export), as for V-JEPA.
-        checkpoint["encoder_config"] = dict(self.encoder.config)
 
 
 class ARVideo(NextStepObjective):

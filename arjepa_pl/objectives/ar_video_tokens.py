@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from lightning.pytorch.utilities import rank_zero_info
 from torchmetrics.image import PeakSignalNoiseRatio
 
-from arjepa_pl.models import PatchKMeans, VisionTransformer, patchify, sample_logits, unpatchify
+from arjepa_pl.models import FeatureExtractor, PatchKMeans, VisionTransformer, patchify, sample_logits, tokenize_clip
 from arjepa_pl.objectives.ar_metrics import BitsPerUnit, CodeUsage
 from arjepa_pl.objectives.ar_video import NextStepObjective
 
@@ -111,9 +111,11 @@ class ARVideoTokens(NextStepObjective):
 
     def tokenize(self, video: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(codes [B, N], the tokenized clip [B, C, T, H, W]: every patch replaced by its code's centre)."""
-        tubelet, patch = self.encoder.tubelet_size, self.encoder.patch_size
-        codes = self.tokenizer.encode(patchify(video, tubelet, patch))
-        return codes, unpatchify(self.tokenizer.decode(codes), self.encoder.token_grid(video.shape), tubelet, patch)
+        return tokenize_clip(self.tokenizer, video, self.encoder.tubelet_size, self.encoder.patch_size)
+
+    def feature_extractor(self) -> FeatureExtractor:
+        """The block-causal encoder fed tokenized clips, as in training (see NextStepObjective)."""
+        return FeatureExtractor(self.encoder, self.tokenizer, block_causal=True, prefix_steps=self.prefix_steps)
 
     # -- objective -----------------------------------------------------------------------------------
     def model_input(self, video: torch.Tensor) -> torch.Tensor:

@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from arjepa_pl import parallel, schedules
+from arjepa_pl.models import FeatureExtractor
 
 
 def decay_groups(module: nn.Module) -> tuple[list[nn.Parameter], list[nn.Parameter]]:
@@ -105,6 +106,22 @@ class PretrainObjective(L.LightningModule):
         precision = self._trainer.precision if self._trainer is not None else None
         parallel.parallelize(self, self.activation_checkpointing, self.compile_blocks, mesh,
                              parallel.fsdp_mixed_precision(precision) if mesh is not None else None)
+
+    def feature_extractor(self) -> Optional[FeatureExtractor]:
+        """The representation this objective learns, fed as in training (what probes, the online monitor
+        and export read); None for objectives without a vision encoder."""
+        return None
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        # Enough to rebuild the feature extractor without this class or its config (probes, export):
+        # its architecture, and where its weights sit in the state dict.
+        extractor = self.feature_extractor()
+        if extractor is None:
+            return
+        names = {id(module): name for name, module in self.named_modules()}
+        prefixes = {part: names[id(getattr(extractor, part))] + "."
+                    for part in ("encoder", "tokenizer") if getattr(extractor, part) is not None}
+        checkpoint["feature_extractor"] = {"spec": extractor.spec(), "prefixes": prefixes}
 
     @property
     def total_steps(self) -> int:

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from arjepa_pl import schedules
 from arjepa_pl.feature_stats import vicreg_covariance, vicreg_variance
 from arjepa_pl.masks import IJEPA_DEFAULT_MASKS, VJEPA_DEFAULT_MASKS, AnyMaskConfig, MaskCollator, MultiBlock2DConfig, as_mask_config
-from arjepa_pl.models import JepaPredictor, VisionTransformer, gather_tokens
+from arjepa_pl.models import FeatureExtractor, JepaPredictor, VisionTransformer, gather_tokens
 from arjepa_pl.objectives.pretrain import PretrainObjective
 
 
@@ -113,6 +113,10 @@ class JEPA(PretrainObjective):
     def teacher_encoder(self) -> VisionTransformer:
         """The network whose features are the targets (and what probes should read)."""
         return self.target_encoder if self.target_encoder is not None else self.encoder
+
+    def feature_extractor(self) -> FeatureExtractor:
+        """What probes read: the teacher (V-JEPA's evaluation protocol uses the target encoder)."""
+        return FeatureExtractor(self.teacher_encoder)
 
     # -- data: the masks are drawn in the DataLoader workers, at collate time --------------------
     def setup(self, stage: str) -> None:
@@ -258,10 +262,6 @@ class JEPA(PretrainObjective):
         online = list(self.encoder.parameters())
         target = list(self.target_encoder.parameters())
         torch._foreach_lerp_(target, online, 1.0 - momentum)
-
-    def on_save_checkpoint(self, checkpoint: dict) -> None:
-        # Enough to rebuild the encoder without this class (probes, export).
-        checkpoint["encoder_config"] = dict(self.encoder.config)
 
 
 # V-JEPA is JEPA with a video encoder: the name configs/vjepa*.yaml use.
