@@ -1,0 +1,56 @@
+"""What a probe predicts from a clip's integer label.
+
+A data set often encodes several factors in one label; the demo set's is shape * 4 + direction
+(appearance and dynamics). A ProbeTask reads one factor: `(label // divisor) % num_classes`, so
+probes of appearance and of dynamics run on the same clips, the same manifest and one encoder pass.
+"""
+
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass(frozen=True)
+class ProbeTask:
+    """One classification target.
+
+    Args:
+        name: metric name (val/<name>/top1, ...).
+        num_classes: classes of this task.
+        divisor: the task's class is (label // divisor) % num_classes; 1 with num_classes = all labels
+            reads the label itself.
+    """
+
+    name: str
+    num_classes: int
+    divisor: int = 1
+
+    def __post_init__(self):
+        if not self.name or "/" in self.name:
+            raise ValueError(f"task name must be non-empty without '/', got {self.name!r}")
+        if self.num_classes < 2:
+            raise ValueError(f"task {self.name!r}: num_classes must be >= 2, got {self.num_classes}")
+        if self.divisor < 1:
+            raise ValueError(f"task {self.name!r}: divisor must be >= 1, got {self.divisor}")
+
+    def targets(self, labels: torch.Tensor) -> torch.Tensor:
+        """This task's class of every label."""
+        if (labels < 0).any():
+            raise ValueError(f"task {self.name!r}: labels must be >= 0, got {int(labels.min())}")
+        return (labels // self.divisor) % self.num_classes
+
+
+# The demo set (data_modules.demo_videos): label = shape_index * 4 + direction_index.
+DEMO_TASKS = (ProbeTask("shape", 3, divisor=4), ProbeTask("direction", 4), ProbeTask("class", 12))
+
+
+def as_task(task) -> ProbeTask:
+    """A ProbeTask from itself or a config dict."""
+    if isinstance(task, ProbeTask):
+        return task
+    if isinstance(task, dict):
+        unknown = set(task) - {"name", "num_classes", "divisor"}
+        if unknown:
+            raise ValueError(f"unknown probe task keys {sorted(unknown)}: use name, num_classes, divisor")
+        return ProbeTask(**task)
+    raise TypeError(f"a probe task is a ProbeTask or a dict, got {task!r}")
