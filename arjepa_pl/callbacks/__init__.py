@@ -1,8 +1,11 @@
-"""Callbacks that work with every objective: metrics beyond the loss, throughput, media, collapse."""
+"""Callbacks that work with every objective: metrics beyond the loss, throughput, media, collapse,
+online probes."""
 
 from arjepa_pl.callbacks.collapse import CollapseMonitor, ExposesCollapseFeatures
 from arjepa_pl.callbacks.grad_norm import GradNormMonitor
 from arjepa_pl.callbacks.media import MediaLogger
+from arjepa_pl.callbacks.online_probe import OnlineProbe
 from arjepa_pl.callbacks.performance import PerformanceMonitor
 
-__all__ = ["CollapseMonitor", "ExposesCollapseFeatures", "GradNormMonitor", "MediaLogger", "PerformanceMonitor"]
+__all__ = ["CollapseMonitor", "ExposesCollapseFeatures", "GradNormMonitor", "MediaLogger", "OnlineProbe",
+           "PerformanceMonitor"]

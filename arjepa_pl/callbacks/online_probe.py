@@ -1,0 +1,324 @@
+"""Online probe: how linearly decodable (or kNN-decodable) the encoder's features are, while pretraining.
+
+A falling pretraining loss says little about the representation (a JEPA loss even falls when it
+collapses). What the frozen probes measure after training can be watched during it, at a small cost:
+every `every_n_steps` training batches this callback reads the encoder's features of the batch through
+the objective's FeatureExtractor (no grad: the objective's training is untouched), mean-pools them
+and trains a detached linear head of its own on them (or adds them to a kNN memory bank). At every
+validation it classifies the validation clips and logs `online_probe/<task>/acc` and
+`online_probe/<task>/train_acc` (the head's accuracy on the training batches it saw since the last
+validation, before each update), summed over ranks.
+
+It is a monitor, not the evaluation: the head chases a moving encoder and sees augmented clips (see
+the README's flip caveat); report the frozen probes (arjepa_pl.evaluation) as results.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from typing import Any, Literal, Optional
+
+import lightning.pytorch as L
+import torch
+import torch.nn.functional as F
+from lightning.pytorch.utilities import rank_zero_warn
+from torch import nn
+
+from arjepa_pl.evaluation.tasks import ProbeTask, as_task
+from arjepa_pl.objectives.pretrain import decay_groups
+
+
+class OnlineProbe(L.Callback):
+    """Trains detached probes on the encoder's pooled features during `fit`; logs their accuracy.
+
+    Args:
+        tasks: what to predict from each clip's label (arjepa_pl.evaluation.ProbeTask: name, num_classes,
+            divisor; e.g. the demo set's shape and direction).
+        method: "linear": one linear head per task, trained with AdamW on the probed training batches;
+            "knn": cosine kNN over a memory bank of the most recent probed training clips.
+        every_n_steps: probe every this many training batches (1: all of them).
+        layer: the encoder block whose output is read (-1: the last).
+        lr / weight_decay: the linear heads' AdamW (weight decay on the weights only).
+        k / temperature: kNN neighbours, and the temperature of their vote weights exp(cosine / temperature).
+        bank_size: clips the kNN bank holds (a ring buffer: the oldest are replaced).
+        seed: initialisation of the linear heads (from its own generator: the run's random stream is untouched).
+    """
+
+    def __init__(
+        self,
+        tasks: Sequence[ProbeTask],
+        method: Literal["linear", "knn"] = "linear",
+        every_n_steps: int = 1,
+        layer: int = -1,
+        lr: float = 1e-3,
+        weight_decay: float = 1e-4,
+        k: int = 20,
+        temperature: float = 0.07,
+        bank_size: int = 4096,
+        seed: int = 0,
+    ):
+        self.tasks = tuple(as_task(task) for task in tasks)
+        if not self.tasks:
+            raise ValueError("OnlineProbe needs at least one task")
+        names = [task.name for task in self.tasks]
+        if len(set(names)) != len(names):
+            raise ValueError(f"OnlineProbe task names must be distinct, got {names}")
+        if method not in ("linear", "knn"):
+            raise ValueError(f"method must be 'linear' or 'knn', got {method!r}")
+        if every_n_steps < 1:
+            raise ValueError(f"every_n_steps must be >= 1, got {every_n_steps}")
+        if lr <= 0 or weight_decay < 0:
+            raise ValueError(f"lr must be > 0 and weight_decay >= 0, got {lr}, {weight_decay}")
+        if k < 1 or bank_size < k or temperature <= 0:
+            raise ValueError(f"need k >= 1, bank_size >= k and temperature > 0, got k={k}, "
+                             f"bank_size={bank_size}, temperature={temperature}")
+        self.method, self.every_n_steps, self.layer = method, every_n_steps, layer
+        self.lr, self.weight_decay, self.seed = lr, weight_decay, seed
+        self.k, self.temperature, self.bank_size = k, temperature, bank_size
+        self.num_classes = [task.num_classes for task in self.tasks]
+        # Saved in checkpoints (state_dict), so a resumed run continues exactly.
+        self.batches_seen = 0  # training batches seen, probed or not: picks every n-th
+        self.probe_steps = 0  # training batches probed
+        self.head: Optional[nn.Linear] = None  # linear: all tasks' logits side by side
+        self.optimizer: Optional[torch.optim.Optimizer] = None
+        self.bank: Optional[torch.Tensor] = None  # knn: [bank_size, D] unit-norm features
+        self.bank_labels: Optional[torch.Tensor] = None  # [bank_size] labels, -1 where empty
+        self.bank_next = 0  # the ring buffer's next slot
+        # Per process only.
+        self.seconds = 0.0  # wall time spent probing (training and validation): the callback's cost
+        self._extractor = None
+        self._train_counts = self._val_counts = None  # [tasks, 2]: correct, seen since the last validation
+
+    # -- lifecycle ---------------------------------------------------------------------------------
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        if stage != "fit":
+            return
+        extractor = self._feature_extractor(pl_module)
+        extractor.layer_index(self.layer)  # a clear error now for a layer the encoder lacks
+        dim = extractor.embed_dim
+        if self.method == "linear" and self.head is None:
+            # Its own generator state: building the head must not shift the run's random numbers.
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(self.seed)
+                self.head = nn.Linear(dim, sum(self.num_classes))
+            decay, no_decay = decay_groups(self.head)
+            self.optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": self.weight_decay},
+                                                {"params": no_decay, "weight_decay": 0.0}], lr=self.lr)
+        if self.method == "knn" and self.bank is None:
+            self.bank = torch.zeros(self.bank_size, dim)
+            self.bank_labels = torch.full((self.bank_size,), -1, dtype=torch.long)
+
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        # After configure_model, which may have sharded the encoder.
+        self._extractor = self._feature_extractor(pl_module)
+        if any(type(p).__name__ == "DTensor" for p in self._extractor.parameters()):
+            raise NotImplementedError(
+                "OnlineProbe does not support FSDP2 (the encoder's parameters are sharded DTensors, and the "
+                "probe reads its blocks one by one); remove the callback, or use DDP (strategy: ddp), or "
+                "probe the saved checkpoints with the frozen probes")
+        device = pl_module.device
+        if self.head is not None:
+            self.head.to(device)
+            for state in self.optimizer.state.values():  # after a resume the state may sit on the CPU
+                for key, value in state.items():
+                    if torch.is_tensor(value) and key != "step":
+                        state[key] = value.to(device)
+        if self.bank is not None:
+            self.bank, self.bank_labels = self.bank.to(device), self.bank_labels.to(device)
+        self._train_counts = torch.zeros(len(self.tasks), 2, device=device, dtype=torch.long)
+        self._val_counts = torch.zeros_like(self._train_counts)
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
+                           batch_idx: int) -> None:
+        self.batches_seen += 1
+        if (self.batches_seen - 1) % self.every_n_steps:
+            return
+        start = self._clock(pl_module)
+        features, labels = self.features(trainer, batch)
+        targets = self._targets(labels)
+        if self.method == "linear":
+            self._train_counts += self._linear_step(features, targets)
+        else:
+            self._train_counts += self._correct(self.knn_logits(features), targets)
+            self._remember(*self._gather(features, labels))
+        self.probe_steps += 1
+        self.seconds += self._clock(pl_module) - start
+
+    def on_validation_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
+                                batch_idx: int, dataloader_idx: int = 0) -> None:
+        if trainer.sanity_checking or self._extractor is None or self.probe_steps == 0:
+            return  # nothing trained yet: chance-level numbers would only clutter the curves
+        start = self._clock(pl_module)
+        features, labels = self.features(trainer, batch)
+        self._val_counts += self._correct(self.logits(features), self._targets(labels))
+        self.seconds += self._clock(pl_module) - start
+
+    def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.sanity_checking or self._extractor is None:
+            return
+        # Sums over ranks, then one ratio: the accuracy of all clips, not a mean of per-rank accuracies.
+        for suffix, counts in (("acc", self._val_counts), ("train_acc", self._train_counts)):
+            total = trainer.strategy.reduce(counts.clone(), reduce_op="sum")
+            for task, (correct, seen) in zip(self.tasks, total.tolist()):
+                if seen:
+                    pl_module.log(f"online_probe/{task.name}/{suffix}", correct / seen, sync_dist=False)
+            counts.zero_()
+
+    # -- features ----------------------------------------------------------------------------------
+    @torch.no_grad()
+    def features(self, trainer: L.Trainer, batch: Any) -> tuple[torch.Tensor, torch.Tensor]:
+        """(pooled features [B, D] in float32, labels [B]) of a batch, read as the objective was trained.
+
+        Tokens are mean-pooled (over views too, for [B, V, ...] batches) and normalised without
+        learnt parameters (F.layer_norm): the encoder's feature scale drifts during pretraining and
+        differs between objectives, so a head with a fixed learning rate would chase it; a stateless
+        normalisation has no running statistics to synchronise or checkpoint.
+        """
+        extractor = self._extractor
+        key = "video" if extractor.encoder.video else "image"
+        if not isinstance(batch, dict) or key not in batch or "label" not in batch:
+            keys = sorted(batch) if isinstance(batch, dict) else type(batch).__name__
+            raise ValueError(f"OnlineProbe needs batches with {key!r} and 'label' (labelled clips), got {keys}")
+        x, labels = batch[key], batch["label"]
+        if not torch.is_tensor(labels) or labels.dtype not in (torch.int32, torch.int64) or labels.shape != x.shape[:1]:
+            raise ValueError(f"OnlineProbe needs integer labels, one per clip, got "
+                             f"{labels.dtype if torch.is_tensor(labels) else type(labels).__name__} "
+                             f"{tuple(getattr(labels, 'shape', ()))} for {x.shape[0]} clips")
+        B = x.shape[0]
+        views = x.ndim - (5 if extractor.encoder.video else 4)  # 1 for [B, V, C, (T,) H, W]
+        if views:
+            x = x.flatten(0, 1)
+        was_training = extractor.training
+        extractor.eval()  # no dropout / drop-path: the features probes would read
+        try:
+            with trainer.precision_plugin.forward_context():
+                (tokens,) = extractor(x, layers=(self.layer,))
+        finally:
+            extractor.train(was_training)
+        pooled = tokens.float().reshape(B, -1, tokens.shape[-1]).mean(1)
+        return F.layer_norm(pooled, pooled.shape[-1:]), labels.long()
+
+    def _targets(self, labels: torch.Tensor) -> list[torch.Tensor]:
+        try:
+            return [task.targets(labels) for task in self.tasks]
+        except ValueError as err:
+            raise ValueError(f"OnlineProbe: {err} (unlabelled data? the online probe needs class labels "
+                             ">= 0; remove the callback for unlabelled data)") from None
+
+    # -- linear ------------------------------------------------------------------------------------
+    def logits(self, features: torch.Tensor) -> list[torch.Tensor]:
+        """One [B, classes] score tensor per task (kNN: vote weights)."""
+        if self.method == "knn":
+            return self.knn_logits(features)
+        with torch.no_grad():
+            return list(self.head(features).split(self.num_classes, dim=-1))
+
+    def _linear_step(self, features: torch.Tensor, targets: list[torch.Tensor]) -> torch.Tensor:
+        with torch.enable_grad():
+            logits = self.head(features).split(self.num_classes, dim=-1)
+            # Summed over tasks: each task's rows of the head only get its own loss's gradient.
+            loss = sum(F.cross_entropy(lg, y) for lg, y in zip(logits, targets))
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            # Each rank saw its own batch: averaging the gradients keeps the heads identical (as DDP would).
+            world = torch.distributed.get_world_size()
+            for p in self.head.parameters():
+                torch.distributed.all_reduce(p.grad)
+                p.grad.div_(world)
+        self.optimizer.step()
+        return self._correct([lg.detach() for lg in logits], targets)
+
+    @staticmethod
+    def _correct(logits: list[torch.Tensor], targets: list[torch.Tensor]) -> torch.Tensor:
+        """[tasks, 2]: (correct, seen) per task."""
+        return torch.stack([torch.stack([(lg.argmax(-1) == y).sum(), y.new_tensor(y.numel())])
+                            for lg, y in zip(logits, targets)])
+
+    # -- kNN ---------------------------------------------------------------------------------------
+    def knn_logits(self, features: torch.Tensor) -> list[torch.Tensor]:
+        """Weighted votes of the k nearest bank entries (cosine similarity), per task [B, classes]."""
+        filled = self.bank_labels >= 0
+        bank, labels = self.bank[filled], self.bank_labels[filled]
+        queries = F.normalize(features, dim=-1)
+        if labels.numel() == 0:  # the very first batch: nothing to vote yet
+            return [queries.new_zeros(queries.shape[0], c) for c in self.num_classes]
+        similarity, index = (queries @ bank.T).topk(min(self.k, labels.numel()), dim=-1)  # [B, k]
+        weights = (similarity / self.temperature).exp()
+        votes = []
+        for task, targets in zip(self.tasks, self._targets(labels)):
+            scores = weights.new_zeros(queries.shape[0], task.num_classes)
+            votes.append(scores.scatter_add_(1, targets[index], weights))
+        return votes
+
+    def _remember(self, features: torch.Tensor, labels: torch.Tensor) -> None:
+        """Write clips into the ring buffer, replacing the oldest."""
+        n = min(features.shape[0], self.bank_size)
+        slots = (self.bank_next + torch.arange(n, device=self.bank.device)) % self.bank_size
+        self.bank[slots] = F.normalize(features[-n:], dim=-1).to(self.bank.dtype)
+        self.bank_labels[slots] = labels[-n:]
+        self.bank_next = (self.bank_next + n) % self.bank_size
+
+    @staticmethod
+    def _gather(features: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Every rank's (features, labels), in rank order, so every rank's bank holds the same clips
+        (and the checkpoint, written by rank 0, holds every rank's bank). Batches may differ in size."""
+        if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+            return features, labels
+        world = torch.distributed.get_world_size()
+        rows = torch.cat([features, labels[:, None].to(features.dtype)], dim=1)
+        sizes = [torch.zeros(1, dtype=torch.long, device=rows.device) for _ in range(world)]
+        torch.distributed.all_gather(sizes, torch.tensor([rows.shape[0]], device=rows.device))
+        most = int(max(sizes))
+        padded = F.pad(rows, (0, 0, 0, most - rows.shape[0]))
+        gathered = [torch.empty_like(padded) for _ in range(world)]
+        torch.distributed.all_gather(gathered, padded)
+        rows = torch.cat([g[: int(n)] for g, n in zip(gathered, sizes)])
+        return rows[:, :-1], rows[:, -1].round().long()
+
+    # -- plumbing ----------------------------------------------------------------------------------
+    @staticmethod
+    def _feature_extractor(pl_module: L.LightningModule):
+        extractor = getattr(pl_module, "feature_extractor", lambda: None)()
+        if extractor is None:
+            raise TypeError(f"OnlineProbe needs an objective with a vision encoder: {type(pl_module).__name__} "
+                            "has no feature_extractor() (or it returns None, as text models do); "
+                            "remove the callback for this objective")
+        return extractor
+
+    @staticmethod
+    def _clock(pl_module: L.LightningModule) -> float:
+        if pl_module.device.type == "cuda":
+            torch.cuda.synchronize(pl_module.device)  # bill the probe's kernels, not the queued training step
+        return time.perf_counter()
+
+    # -- checkpointed state ------------------------------------------------------------------------
+    def _signature(self) -> dict:
+        return {"method": self.method, "tasks": [(t.name, t.num_classes, t.divisor) for t in self.tasks],
+                "layer": self.layer}
+
+    def state_dict(self) -> dict:
+        state = {"signature": self._signature(), "batches_seen": self.batches_seen, "probe_steps": self.probe_steps}
+        if self.head is not None:
+            state["head"] = {k: v.detach().cpu() for k, v in self.head.state_dict().items()}
+            state["optimizer"] = self.optimizer.state_dict()
+        if self.bank is not None:
+            state.update(bank=self.bank.cpu(), bank_labels=self.bank_labels.cpu(), bank_next=self.bank_next)
+        return state
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        if state_dict.get("signature") != self._signature():
+            rank_zero_warn(f"OnlineProbe: the checkpoint's probe ({state_dict.get('signature')}) differs from this "
+                           f"one ({self._signature()}); the probe starts afresh", category=UserWarning)
+            return
+        self.batches_seen, self.probe_steps = state_dict["batches_seen"], state_dict["probe_steps"]
+        if self.method == "linear":
+            if self.head is None:
+                raise RuntimeError("OnlineProbe: load_state_dict before setup: the head does not exist yet")
+            self.head.load_state_dict(state_dict["head"])
+            self.optimizer.load_state_dict(state_dict["optimizer"])
+        else:
+            device = self.bank.device if self.bank is not None else None
+            self.bank, self.bank_labels = state_dict["bank"].to(device), state_dict["bank_labels"].to(device)
+            self.bank_next = state_dict["bank_next"]
