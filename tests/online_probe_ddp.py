@@ -2,7 +2,8 @@
 
 Prints "heads identical and equal to one process" when every rank's linear head ends equal to the head
 one process trains on the whole batches (the gradients are averaged, as DDP averages the model's), and
-"banks identical" when every rank's kNN bank holds every rank's clips in the same order.
+"banks identical" when every rank's kNN bank holds every rank's clips in the same order, and "fsdp2
+refused" when an encoder sharded by FSDP2 is refused with a clear error.
 """
 
 import os
@@ -56,7 +57,26 @@ def worker(rank: int, world: int, reference: torch.Tensor, reference_bank: torch
         assert all(torch.equal(b, banks[0]) for b in banks), "ranks' banks differ"
         torch.testing.assert_close(bank, reference_bank)
         print("banks identical", flush=True)
+    fsdp2_is_refused()
     dist.destroy_process_group()
+
+
+def fsdp2_is_refused():
+    from torch.distributed.fsdp import fully_shard
+
+    from arjepa_pl.callbacks import OnlineProbe
+
+    module, probe = FixedEncoder(), OnlineProbe(TASKS)
+    fully_shard(module.encoder)  # its parameters become DTensors, as configure_model makes them under FSDP2
+    probe.setup(None, module, "fit")
+    try:
+        probe.on_fit_start(None, module)
+    except NotImplementedError as err:
+        assert "FSDP2" in str(err)
+        if dist.get_rank() == 0:
+            print("fsdp2 refused", flush=True)
+    else:
+        raise AssertionError("FSDP2 was not refused")
 
 
 if __name__ == "__main__":

@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import nn
+from torch.distributed.tensor import DTensor
 
 from arjepa_pl.evaluation.tasks import ProbeTask, as_task
 from arjepa_pl.objectives.pretrain import decay_groups
@@ -112,7 +113,7 @@ class OnlineProbe(L.Callback):
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         # After configure_model, which may have sharded the encoder.
         self._extractor = self._feature_extractor(pl_module)
-        if any(type(p).__name__ == "DTensor" for p in self._extractor.parameters()):
+        if any(isinstance(p, DTensor) for p in self._extractor.parameters()):
             raise NotImplementedError(
                 "OnlineProbe does not support FSDP2 (the encoder's parameters are sharded DTensors, and the "
                 "probe reads its blocks one by one); remove the callback, or use DDP (strategy: ddp), or "
@@ -189,13 +190,14 @@ class OnlineProbe(L.Callback):
         views = x.ndim - (5 if extractor.encoder.video else 4)  # 1 for [B, V, C, (T,) H, W]
         if views:
             x = x.flatten(0, 1)
-        was_training = extractor.training
+        modes = [(module, module.training) for module in extractor.modules()]
         extractor.eval()  # no dropout / drop-path: the features probes would read
         try:
             with trainer.precision_plugin.forward_context():
                 (tokens,) = extractor(x, layers=(self.layer,))
         finally:
-            extractor.train(was_training)
+            for module, training in modes:  # each module as it was (the objective may keep some in eval)
+                module.training = training
         pooled = tokens.float().reshape(B, -1, tokens.shape[-1]).mean(1)
         return F.layer_norm(pooled, pooled.shape[-1:]), labels.long()
 
