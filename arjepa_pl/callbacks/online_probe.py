@@ -40,7 +40,9 @@ class OnlineProbe(L.Callback):
             "knn": cosine kNN over a memory bank of the most recent probed training clips.
         every_n_steps: probe every this many training batches (1: all of them).
         layer: the encoder block whose output is read (-1: the last).
-        lr / weight_decay: the linear heads' AdamW (weight decay on the weights only).
+        lr / weight_decay: the linear heads' AdamW (weight decay on the weights only). The features are
+            normalised to unit scale, and a monitor gets few updates (every_n_steps 10 over 300 steps: 30),
+            so the rate is high for AdamW.
         k / temperature: kNN neighbours, and the temperature of their vote weights exp(cosine / temperature).
         bank_size: clips the kNN bank holds (a ring buffer: the oldest are replaced).
         seed: initialisation of the linear heads (from its own generator: the run's random stream is untouched).
@@ -52,7 +54,7 @@ class OnlineProbe(L.Callback):
         method: Literal["linear", "knn"] = "linear",
         every_n_steps: int = 1,
         layer: int = -1,
-        lr: float = 1e-3,
+        lr: float = 1e-2,
         weight_decay: float = 1e-4,
         k: int = 20,
         temperature: float = 0.07,
