@@ -143,3 +143,6 @@ def test_short_fit_on_demo_data_lowers_the_loss_and_checkpoints(tmp_path, demo_m
     (monitor,) = [c for c in cli.trainer.callbacks if type(c).__name__ == "CollapseMonitor"]
     assert len(_logged(run_dir, "collapse/target_rankme")) == 8
     assert monitor.alarm is None, monitor.history
+    # The online probe (every 10th batch) trained and was evaluated at both validations.
+    for task in ("shape", "direction"):
+        assert len(_logged(run_dir, f"online_probe/{task}/acc")) == 2, task
