@@ -181,6 +181,20 @@ def test_resume_continues_exactly(tmp_path, method):
         assert a["bank_next"] == b["bank_next"] == (8 * 16) % 24
 
 
+def test_state_loaded_before_setup_is_applied_at_setup():
+    """Lightning restores callbacks before setup in some stages (and validate / predict never build the head)."""
+    module, trained = FixedEncoder(), OnlineProbe(TASKS)
+    trained.setup(None, module, "fit")
+    torch.nn.init.ones_(trained.head.weight)
+    trained.batches_seen = 7
+    fresh = OnlineProbe(TASKS)
+    fresh.load_state_dict(trained.state_dict())  # no error: nothing to load into yet
+    fresh.setup(None, module, "predict")
+    assert fresh.head is None
+    fresh.setup(None, module, "fit")
+    assert fresh.batches_seen == 7 and torch.equal(fresh.head.weight, trained.head.weight)
+
+
 def test_a_changed_probe_starts_afresh_on_resume():
     module = FixedEncoder()
     old = OnlineProbe(TASKS)

@@ -91,6 +91,7 @@ class OnlineProbe(L.Callback):
         # Per process only.
         self.seconds = 0.0  # wall time spent probing (training and validation): the callback's cost
         self._extractor = None
+        self._pending: Optional[dict] = None  # a checkpoint's state that arrived before the head existed
         self._train_counts = self._val_counts = None  # [tasks, 2]: correct, seen since the last validation
 
     # -- lifecycle ---------------------------------------------------------------------------------
@@ -111,6 +112,8 @@ class OnlineProbe(L.Callback):
         if self.method == "knn" and self.bank is None:
             self.bank = torch.zeros(self.bank_size, dim)
             self.bank_labels = torch.full((self.bank_size,), -1, dtype=torch.long)
+        if self._pending is not None:
+            self._restore()
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         # After configure_model, which may have sharded the encoder.
@@ -316,13 +319,17 @@ class OnlineProbe(L.Callback):
             rank_zero_warn(f"OnlineProbe: the checkpoint's probe ({state_dict.get('signature')}) differs from this "
                            f"one ({self._signature()}); the probe starts afresh", category=UserWarning)
             return
-        self.batches_seen, self.probe_steps = state_dict["batches_seen"], state_dict["probe_steps"]
+        self._pending = state_dict
+        if self.head is not None or self.bank is not None:
+            self._restore()
+        # else: restored in setup("fit"), once the head exists (validate / predict never build it)
+
+    def _restore(self) -> None:
+        state, self._pending = self._pending, None
+        self.batches_seen, self.probe_steps = state["batches_seen"], state["probe_steps"]
         if self.method == "linear":
-            if self.head is None:
-                raise RuntimeError("OnlineProbe: load_state_dict before setup: the head does not exist yet")
-            self.head.load_state_dict(state_dict["head"])
-            self.optimizer.load_state_dict(state_dict["optimizer"])
+            self.head.load_state_dict(state["head"])
+            self.optimizer.load_state_dict(state["optimizer"])
         else:
-            device = self.bank.device if self.bank is not None else None
-            self.bank, self.bank_labels = state_dict["bank"].to(device), state_dict["bank_labels"].to(device)
-            self.bank_next = state_dict["bank_next"]
+            self.bank, self.bank_labels = state["bank"].to(self.bank.device), state["bank_labels"].to(self.bank.device)
+            self.bank_next = state["bank_next"]
