@@ -4,5 +4,6 @@ from arjepa_pl.callbacks.collapse import CollapseMonitor, ExposesCollapseFeature
 from arjepa_pl.callbacks.grad_norm import GradNormMonitor
 from arjepa_pl.callbacks.media import MediaLogger
 from arjepa_pl.callbacks.performance import PerformanceMonitor
+from arjepa_pl.callbacks.run_summary import RunSummary
 
-__all__ = ["CollapseMonitor", "ExposesCollapseFeatures", "GradNormMonitor", "MediaLogger", "PerformanceMonitor"]
+__all__ = ["CollapseMonitor", "ExposesCollapseFeatures", "GradNormMonitor", "MediaLogger", "PerformanceMonitor", "RunSummary"]
