@@ -156,7 +156,10 @@ def infer_encoder_config(state_dict: dict, num_heads: Optional[int] = None) -> d
             raise InteropError(f"cannot tell the number of attention heads of a width-{width} ViT (no standard "
                                f"size has that width: {sorted(standard)}): pass num_heads")
         num_heads = standard[width]
-    return dict(embed_dim=width, depth=len(blocks), num_heads=num_heads, mlp_ratio=fc1.shape[0] / width,
+    hidden = fc1.shape[0]
+    # The MLP is int(width * mlp_ratio) wide: hidden / width can land a hair below hidden when multiplied back.
+    mlp_ratio = hidden / width if int(width * (hidden / width)) == hidden else (hidden + 0.5) / width
+    return dict(embed_dim=width, depth=len(blocks), num_heads=num_heads, mlp_ratio=mlp_ratio,
                 patch_size=proj.shape[-1], tubelet_size=proj.shape[2] if video else 1, in_chans=proj.shape[1],
                 video=video, qkv_bias="blocks.0.attn.qkv.bias" in state_dict, uniform_power=True, norm_eps=1e-6)
 
@@ -274,11 +277,15 @@ def _torch_load(path: Path, weights_only: bool) -> Any:
         raise InteropError(f"could not read {path}: {type(e).__name__}: {str(e).splitlines()[0]}{hint}") from e
 
 
-def _from_spec(spec: dict, state_dict: dict, source: str) -> FeatureExtractor:
+def _build(spec: dict, source: str) -> FeatureExtractor:
     try:
-        extractor = FeatureExtractor.from_spec(spec)
+        return FeatureExtractor.from_spec(spec)
     except (KeyError, TypeError, ValueError) as e:
         raise InteropError(f"{source}: its feature-extractor spec does not build a model ({type(e).__name__}: {e})") from e
+
+
+def _from_spec(spec: dict, state_dict: dict, source: str) -> FeatureExtractor:
+    extractor = _build(spec, source)
     load_weights(extractor, state_dict, source)
     return extractor
 
@@ -322,12 +329,12 @@ def _load_lightning(checkpoint: dict, which: str, source: str) -> tuple[FeatureE
     entry = _lightning_entry(checkpoint, source)
     state = checkpoint["state_dict"]
     prefixes = _prefixes(entry, which, state, source)
-    keys = _part_keys(FeatureExtractor.from_spec(entry["spec"]).state_dict(), prefixes)
-    wanted = {prefix for prefix in prefixes.values()}
-    picked = {k: v for k, v in state.items() if k.startswith(tuple(wanted))}
+    extractor = _build(entry["spec"], source)
+    keys = _part_keys(extractor.state_dict(), prefixes)
+    picked = {k: v for k, v in state.items() if k.startswith(tuple(prefixes.values()))}
     renamed = {ours: picked.pop(theirs) for ours, theirs in keys.items() if theirs in picked}
     renamed.update(picked)  # left over under the prefixes: reported as unexpected, by their checkpoint names
-    extractor = _from_spec(entry["spec"], renamed, source)
+    load_weights(extractor, renamed, source)
     return extractor, {"kind": "lightning", "objective": _objective_name(checkpoint),
                        "global_step": checkpoint.get("global_step"), "which": prefixes["encoder"].rstrip(".")}
 
@@ -347,7 +354,7 @@ def _load_sharded(path: Path, which: str) -> tuple[FeatureExtractor, dict]:
     stored = dcp.FileSystemReader(str(path)).read_metadata().state_dict_metadata
     state_keys = [k[len("state_dict."):] for k in stored if k.startswith("state_dict.")]
     prefixes = _prefixes(entry, which, state_keys, source)
-    extractor = FeatureExtractor.from_spec(entry["spec"])
+    extractor = _build(entry["spec"], source)
     keys = _part_keys(extractor.state_dict(), prefixes)
     got = {ours: tuple(stored["state_dict." + theirs].size) for ours, theirs in keys.items()
            if "state_dict." + theirs in stored and hasattr(stored["state_dict." + theirs], "size")}

@@ -362,3 +362,13 @@ def test_readme_export_commands_parse():
     for command in commands:
         args = parser().parse_args(command[4:])
         assert args.out.endswith(".pt") and (args.ckpt_path != "last" or args.run_dir)
+
+
+def test_inferred_mlp_ratio_rebuilds_the_exact_width():
+    """hidden / width can multiply back to a hair below hidden (int() would then build a narrower MLP)."""
+    from arjepa_pl.interop import infer_encoder_config
+
+    for width, hidden in ((152, 405), (368, 1480), (1024, 4096)):
+        weights = {"patch_embed.proj.weight": torch.zeros(width, 3, 2, 16, 16), "blocks.0.mlp.fc1.weight": torch.zeros(hidden, width)}
+        config = infer_encoder_config(weights, num_heads=8)
+        assert int(width * config["mlp_ratio"]) == hidden and config["tubelet_size"] == 2 and config["depth"] == 1
