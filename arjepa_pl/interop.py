@@ -78,8 +78,6 @@ log = logging.getLogger("arjepa_pl.interop")
 FORMAT, VERSION = "arjepa_pl.feature_extractor", 1
 WHICH = ("auto", "target_encoder", "encoder")
 OFFICIAL_PREFIXES = ("module.", "backbone.")
-# Official checkpoint entries that are not encoders (dropped without a word).
-OFFICIAL_OTHER_KEYS = ("predictor", "opt", "scaler", "epoch", "loss", "batch_size", "world_size", "lr")
 
 
 class InteropError(ValueError):

@@ -13,7 +13,7 @@ import torch
 
 from arjepa_pl.interop import (InteropError, export_feature_extractor, halves_swapped, load_feature_extractor,
                                read_feature_extractor)
-from arjepa_pl.models import FeatureExtractor, PatchKMeans, VisionTransformer, patchify, sincos_pos_embed
+from arjepa_pl.models import FeatureExtractor, VisionTransformer, patchify, sincos_pos_embed
 from arjepa_pl.objectives.ar_video_tokens import ARVideoTokens
 from tests.test_vjepa import RandomClipData, tiny_vjepa, trainer
 
@@ -313,6 +313,7 @@ def run_export(*args: str) -> subprocess.CompletedProcess:
                           capture_output=True, text=True, timeout=120)
 
 
+@pytest.mark.slow
 def test_export_command_converts_an_official_checkpoint(tmp_path):
     checkpoint, sources = official_checkpoint()
     torch.save(checkpoint, tmp_path / "official.pth.tar")
