@@ -95,7 +95,7 @@ def resolved_config(args: list[str]):
             raise _Parsed(self.config)
 
     try:
-        with patch.object(sys, "argv", [sys.argv[0], *args]):  # Lightning warns when args and argv differ
+        with patch.object(sys, "argv", sys.argv[:1]):  # Lightning warns when it is given args and argv has some
             ParseOnly(args=args, run=False)
     except _Parsed as parsed:
         return parsed.config

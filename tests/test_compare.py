@@ -33,7 +33,7 @@ def test_report_means_stds_best_layers_and_files(tmp_path):
     assert table["shape"]["vjepa"]["best"] == [0.9, 0.7]
     text = markdown(results, steps=300)
     assert "| vjepa | 60.0 ± 14.1 | 60.0 ± 14.1 (l5) | 70.0 ± 14.1 | 80.0 ± 14.1 (l1) |" in text  # tasks sorted
-    assert "| vjepa | 300 | 0.300 | 1000.0 | 2.0 ± 0.0 | 0.5 ± 0.0 |" in text
+    assert "| vjepa | 300 | 300.0 | 1000.0 | 2.0 ± 0.0 | 0.5 ± 0.0 |" in text
     assert "| random_init | 25.0 ± 0.0 | 25.0 ± 0.0 (l5) | 30.0 ± 0.0 | 40.0 ± 0.0 (l1) |" in text
     report = write_report(results, tmp_path, steps=300, wandb_project=None)
     assert report.read_text() == text
@@ -57,3 +57,48 @@ def test_fairness_check_names_every_difference(demo_manifests):
     message = str(error.value)
     assert "model.init_args.encoder" in message and "data:" in message and "model.init_args.lr" in message
     assert "trainer.max_steps" not in message
+
+
+@pytest.mark.slow
+def test_compare_runs_end_to_end_and_resumes(tmp_path, demo_manifests):
+    """Two objectives and the random baseline on a tiny budget through `python -m arjepa_pl compare`:
+    the table, CSV and plot are written; a second call finds every run complete and only reports."""
+    data = [f"--data.init_args.train_manifest={demo_manifests.train}", f"--data.init_args.val_manifest={demo_manifests.val}",
+            "--data.init_args.num_workers=0", "--data.init_args.frames_per_clip=8", "--data.init_args.batch_size=4",
+            "--trainer.logger=false"]
+    config = {
+        "out_dir": str(tmp_path / "out"), "seeds": [0], "steps": 2,
+        "objectives": [{"name": "vjepa", "config": "configs/vjepa.yaml", "args": ["--model.init_args.mask_seed={seed}"]},
+                       {"name": "ar_tokens", "config": "configs/ar_video_tokens.yaml",
+                        "args": ["--model.init_args.tokenizer_iters=1", "--model.init_args.tokenizer_clips=4",
+                                 "--model.init_args.num_codes=16"]}],
+        "optimizer": {"lr": 1e-3, "warmup_steps": 1},
+        "pretrain_args": data + ["--data.init_args.seed={seed}", "--trainer.limit_val_batches=1"],
+        "probe_config": "configs/probe_linear.yaml",
+        "probe_args": data + ["--trainer.max_epochs=1", "--trainer.limit_train_batches=2", "--trainer.limit_val_batches=2",
+                              "--trainer.check_val_every_n_epoch=1"],
+        "wandb_project": None,
+    }
+    path = tmp_path / "compare.yaml"
+    path.write_text(yaml.safe_dump(config))
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    command = [sys.executable, "-m", "arjepa_pl", "compare", "--config", str(path)]
+    done = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    out = tmp_path / "out"
+    table = (out / "results.md").read_text()
+    for name in ("vjepa", "ar_tokens", "random_init"):
+        assert f"| {name} |" in table
+    rows = list(csv.DictReader(open(out / "results.csv")))
+    assert {(r["objective"], r["task"]) for r in rows} >= {("vjepa", "shape"), ("ar_tokens", "direction"), ("random_init", "shape")}
+    assert all(0.0 <= float(r["top1"]) <= 1.0 for r in rows)
+    flops = {r["objective"]: float(r["pretrain_flops"]) for r in rows if r["pretrain_flops"]}
+    assert flops["vjepa"] > 0 and flops["ar_tokens"] > 0
+    assert (out / "results.png").read_bytes()[:4] == b"\x89PNG"
+    summary = json.loads((out / "vjepa/seed0/summary.json").read_text())
+    assert summary["global_step"] == 2 and summary["stage"] == "fit"
+
+    again = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
+    assert again.stdout.count("already") == 5 and "$ " not in again.stdout  # 2 pretrainings + 3 probes skipped
+    assert (out / "results.md").read_text() == table

@@ -57,6 +57,7 @@ class Probe(PretrainObjective):
         encoder_checkpoint: Optional[str] = None,
         encoder: Optional[VisionTransformer] = None,
         encoder_which: Literal["auto", "target_encoder", "encoder"] = "auto",
+        encoder_num_heads: Optional[int] = None,
         probe: Literal["attentive", "linear"] = "attentive",
         layers: list[int] = (-1,),
         self_attn_blocks: int = 0,
@@ -80,7 +81,7 @@ class Probe(PretrainObjective):
         if encoder_checkpoint is not None:
             from arjepa_pl.interop import load_feature_extractor  # checkpoint formats live there
 
-            extractor = load_feature_extractor(encoder_checkpoint, which=encoder_which)
+            extractor = load_feature_extractor(encoder_checkpoint, which=encoder_which, num_heads=encoder_num_heads)
             log.info(f"probing the encoder of {encoder_checkpoint} ({extractor.spec()})")
         elif encoder is not None:
             extractor = FeatureExtractor(encoder)

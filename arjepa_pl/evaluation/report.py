@@ -76,7 +76,7 @@ def markdown(results: list[ProbeResult], steps: int) -> str:
     table = summarise(results)
     objectives = list(dict.fromkeys(r.objective for r in results))
     seeds = sorted({r.seed for r in results})
-    lines = [f"Frozen-probe top-1 accuracy (%), mean ± std over {len(seeds)} seeds ({', '.join(map(str, seeds))}); "
+    lines = [f"Frozen-probe top-1 accuracy (%), mean ± std over {len(seeds)} seed(s) ({', '.join(map(str, seeds))}); "
              f"every objective pretrained for {steps} steps. Best layer: chosen on the reported split (optimistic).", ""]
     header = "| objective | " + " | ".join(f"{task} (last layer) | {task} (best layer)" for task in table) + " |"
     lines += [header, "|" + "---|" * (1 + 2 * len(table))]
@@ -86,7 +86,7 @@ def markdown(results: list[ProbeResult], steps: int) -> str:
             row = rows.get(objective)
             cells += ["—", "—"] if row is None else [fmt(row["last"]), f"{fmt(row['best'])} (l{row['best_layer']})"]
         lines.append(f"| {objective} | " + " | ".join(cells) + " |")
-    lines += ["", "| objective | pretraining steps | training PFLOPs | FLOPs / step (G) | pretraining wall time (min) | probe wall time (min) |",
+    lines += ["", "| objective | pretraining steps | training TFLOPs | FLOPs / step (G) | pretraining wall time (min) | probe wall time (min) |",
               "|---|---|---|---|---|---|"]
     for objective in objectives:
         runs = [r for r in results if r.objective == objective]
@@ -96,7 +96,7 @@ def markdown(results: list[ProbeResult], steps: int) -> str:
         probe = [r.probe_seconds / 60 for r in runs if r.probe_seconds]
         per_step = [f / s for f, s in zip(flops, steps_done)] if len(flops) == len(steps_done) else []
         lines.append(f"| {objective} | {round(statistics.fmean(steps_done)) if steps_done else '—'} | "
-                     f"{f'{statistics.fmean(flops) / 1e15:.3f}' if flops else '—'} | "
+                     f"{f'{statistics.fmean(flops) / 1e12:.1f}' if flops else '—'} | "
                      f"{f'{statistics.fmean(per_step) / 1e9:.1f}' if per_step else '—'} | "
                      f"{fmt(wall, 1.0) if wall else '—'} | {fmt(probe, 1.0) if probe else '—'} |")
     return "\n".join(lines) + "\n"
