@@ -129,6 +129,14 @@ def is_complete(directory: Path, stage: str, min_step: int = 0) -> bool:
     return summary.get("stage") == stage and summary.get("global_step", 0) >= min_step
 
 
+def require_complete(directory: Path, stage: str, min_step: int, dry_run: bool) -> None:
+    """A run that exited without finishing (pre-empted: its SLURM job is being requeued) stops the
+    comparison, which resumes it when started again."""
+    if not dry_run and not is_complete(directory, stage, min_step):
+        raise RuntimeError(f"{directory} exited before finishing (pre-empted?); start the comparison again "
+                           "to resume it from its last checkpoint")
+
+
 def execute(command: list[str], log_path: Path, record: Path, dry_run: bool) -> None:
     """Run one command with its output appended to log_path and the command line to `record`; an
     error names the command and shows the end of its log."""
@@ -156,6 +164,7 @@ def compare(
     pretrain_args: list[str] = (),
     probe_args: list[str] = (),
     random_init_baseline: bool = True,
+    launcher: list[str] = (),
     stage: Literal["all", "pretrain", "probe", "report"] = "all",
     only: Optional[list[str]] = None,
     dry_run: bool = False,
@@ -174,6 +183,8 @@ def compare(
         pretrain_args: command-line overrides for every pretraining run ("{seed}": the seed).
         probe_args: command-line overrides for every probe run ("{seed}": the seed).
         random_init_baseline: also probe a randomly initialised encoder of the same architecture.
+        launcher: put before every run's command, e.g. ["srun", "--ntasks-per-node=8"] inside a SLURM
+            allocation (one task per GPU); empty: run it directly (Lightning starts its own processes).
         stage: "all"; or only "pretrain", "probe" (needs the pretrained runs) or "report".
         only: run only these runs ("vjepa" or "vjepa/seed0"; "random_init" for the baseline).
         dry_run: print the commands and check the configs; run nothing.
@@ -201,17 +212,28 @@ def compare(
 
     optimizer_args = [f"--model.init_args.{k}={json.dumps(v)}" for k, v in (optimizer or {}).items()]
 
+    python = [*launcher, sys.executable, "-m", "arjepa_pl", "fit"]
+
     def pretrain_command(objective: Pretraining, run: Run) -> list[str]:
-        return [sys.executable, "-m", "arjepa_pl", "fit", "--config", objective.config,
+        return [*python, "--config", objective.config,
                 *with_seed(pretrain_args, run.seed), *optimizer_args, *with_seed(objective.args, run.seed),
                 f"--seed_everything={run.seed}", f"--trainer.max_steps={steps}",
                 f"--trainer.default_root_dir={run.directory}", RUN_SUMMARY, "--ckpt_path=last"]
 
     # Fairness first: every objective's resolved config (seed 0's) must agree where it matters.
-    resolved = {o.name: resolved_config(pretrain_command(o, Run(o.name, seeds[0], out / o.name / "check"))[4:-1])
+    resolved = {o.name: resolved_config(pretrain_command(o, Run(o.name, seeds[0], out / o.name / "check"))[len(python):-1])
                 for o in objectives}
     check_fairness(resolved)
     encoder = plain(dotted(resolved[names[0]], "model.init_args.encoder"))
+    random_encoder = ["--model.init_args.encoder_checkpoint=null", f"--model.init_args.encoder={json.dumps(encoder)}"]
+
+    def probe_command(run: Run, encoder_args: list[str]) -> list[str]:
+        return [*python, "--config", probe_config, *with_seed(probe_args, run.seed), *encoder_args,
+                f"--seed_everything={run.seed}", f"--trainer.default_root_dir={run.directory / 'probe'}",
+                RUN_SUMMARY, "--ckpt_path=last"]
+
+    # The probe's config is checked now too, not after hours of pretraining.
+    resolved_config(probe_command(Run("random_init", seeds[0], out / "check"), random_encoder)[len(python):-1])
 
     runs = [Run(o.name, seed, out / o.name / f"seed{seed}") for seed in seeds for o in objectives]
     baselines = [Run("random_init", seed, out / "random_init" / f"seed{seed}") for seed in seeds] if random_init_baseline else []
@@ -227,6 +249,7 @@ def compare(
                 continue
             print(f"[compare] pretraining {run.name}", flush=True)
             execute(pretrain_command(by_name[run.objective], run), run.directory / "fit.log", out / "commands.txt", dry_run)
+            require_complete(run.directory, "fit", steps, dry_run)
 
     if stage in ("all", "probe"):
         for run in filter(selected, runs + baselines):
@@ -235,7 +258,7 @@ def compare(
                 print(f"[compare] {run.name}: probed already ({probe_dir / SUMMARY})")
                 continue
             if run.objective == "random_init":
-                encoder_args = ["--model.init_args.encoder_checkpoint=null", f"--model.init_args.encoder={json.dumps(encoder)}"]
+                encoder_args = random_encoder
             else:
                 checkpoint = find_resume_checkpoint([run.directory / "checkpoints"])
                 if checkpoint is None and not dry_run:
@@ -243,9 +266,8 @@ def compare(
                                             "pretrain it first (--stage pretrain)")
                 encoder_args = [f"--model.init_args.encoder_checkpoint={checkpoint or run.directory / 'checkpoints/last.ckpt'}"]
             print(f"[compare] probing {run.name}", flush=True)
-            execute([sys.executable, "-m", "arjepa_pl", "fit", "--config", probe_config, *with_seed(probe_args, run.seed),
-                     *encoder_args, f"--seed_everything={run.seed}", f"--trainer.default_root_dir={probe_dir}",
-                     RUN_SUMMARY, "--ckpt_path=last"], probe_dir / "fit.log", out / "commands.txt", dry_run)
+            execute(probe_command(run, encoder_args), probe_dir / "fit.log", out / "commands.txt", dry_run)
+            require_complete(probe_dir, "fit", 1, dry_run)
 
     if dry_run or stage not in ("all", "report"):
         return None

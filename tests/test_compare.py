@@ -102,3 +102,22 @@ def test_compare_runs_end_to_end_and_resumes(tmp_path, demo_manifests):
     assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
     assert again.stdout.count("already") == 5 and "$ " not in again.stdout  # 2 pretrainings + 3 probes skipped
     assert (out / "results.md").read_text() == table
+
+
+@pytest.mark.parametrize("config", sorted((REPO / "configs").glob("compare*.yaml")), ids=lambda p: p.name)
+def test_every_compare_config_checks_out_in_a_dry_run(config, tmp_path):
+    """Every pretraining and probe command of the config parses, and the objectives are comparable."""
+    done = subprocess.run([sys.executable, "-m", "arjepa_pl", "compare", "--config", str(config), "--dry_run=true",
+                           f"--out_dir={tmp_path}"], cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)},
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    seeds = yaml.safe_load(config.read_text())["seeds"]
+    assert len(seeds) >= 3
+    assert done.stdout.count("$ ") == 3 * len(seeds) + 4 * len(seeds)  # 3 pretrainings and 4 probes per seed
+    assert not (tmp_path / "results.md").exists()
+
+
+def test_mistyped_compare_key_is_an_error(tmp_path):
+    done = subprocess.run([sys.executable, "-m", "arjepa_pl", "compare", "--config", "configs/compare.yaml", "--seedz=[1]"],
+                          cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)}, capture_output=True, text=True, timeout=120)
+    assert done.returncode != 0 and "seedz" in done.stderr
