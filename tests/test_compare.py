@@ -98,6 +98,20 @@ def test_compare_runs_end_to_end_and_resumes(tmp_path, demo_manifests):
     summary = json.loads((out / "vjepa/seed0/summary.json").read_text())
     assert summary["global_step"] == 2 and summary["stage"] == "fit"
 
+    # `validate` of a trained probe (the README's command) gives the accuracies its fit ended with.
+    probe_dir = out / "vjepa/seed0/probe"
+    validate = [sys.executable, "-m", "arjepa_pl", "validate", "--config", "configs/probe_linear.yaml", *data,
+                "--trainer.limit_val_batches=2", f"--model.init_args.encoder_checkpoint={out / 'vjepa/seed0/checkpoints/last.ckpt'}",
+                f"--trainer.default_root_dir={tmp_path / 'validate'}", "--trainer.callbacks+=arjepa_pl.callbacks.RunSummary",
+                f"--ckpt_path={probe_dir / 'checkpoints/last.ckpt'}"]
+    checked = subprocess.run(validate, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert checked.returncode == 0, checked.stderr[-3000:]
+    fitted = json.loads((probe_dir / "summary.json").read_text())["metrics"]
+    validated = json.loads((tmp_path / "validate/summary.json").read_text())
+    assert validated["stage"] == "validate"
+    for key in ("val/shape/l5/top1", "val/direction/l1/top1"):
+        assert validated["metrics"][key] == pytest.approx(fitted[key], abs=1e-6), key
+
     again = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
     assert again.stdout.count("already") == 5 and "$ " not in again.stdout  # 2 pretrainings + 3 probes skipped
