@@ -127,7 +127,8 @@ class Probe(PretrainObjective):
         with torch.no_grad():
             features = self.extractor(x, self.layers)
         by_layer = dict(zip(self.layers, features))
-        return {key: head(by_layer[int(key.rsplit("_l", 1)[1])]) for key, head in self.heads.items()}, views
+        return {self.head_key(task, layer): self.heads[self.head_key(task, layer)](by_layer[layer])
+                for task in self.tasks for layer in self.layers}, views
 
     def targets(self, batch: dict) -> dict[str, torch.Tensor]:
         return {task.name: task.targets(batch["label"]) for task in self.tasks}
