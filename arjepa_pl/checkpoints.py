@@ -53,14 +53,14 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def atomic_save(obj: Any, path: os.PathLike) -> None:
-    """torch.save to a temporary file beside `path`, flushed to disk, then renamed over `path`."""
+def atomic_save(obj: Any, path: os.PathLike, write: Callable[[Any, Any], Any] = torch.save) -> None:
+    """`write(obj, file)` (torch.save) to a temporary file beside `path`, flushed to disk, then renamed over `path`."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     try:
         with open(tmp, "wb") as f:
-            torch.save(obj, f)
+            write(obj, f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)  # atomic on POSIX: readers see the old file or the new one

@@ -20,7 +20,7 @@ from tests.dist_helpers import cli_env
 
 REPO = Path(__file__).resolve().parents[1]
 # A label that encodes two factors, like the demo set's shape * 4 + direction.
-TASKS = [ProbeTask("a", 3, divisor=4), ProbeTask("b", 4)]
+TASKS = [ProbeTask("a", 3, divisor=4), ProbeTask("b", 4, modulo=4)]
 
 
 def factor_images(n: int, seed: int = 0) -> list[dict]:
@@ -238,6 +238,11 @@ def test_negative_labels_are_refused(tmp_path):
 
     with pytest.raises(ValueError, match="labels must be >= 0.*unlabelled data"):
         fit(Unlabelled(), OnlineProbe(TASKS), tmp_path, steps=1)
+
+
+def test_labels_outside_a_task_are_refused(tmp_path):
+    with pytest.raises(ValueError, match="OnlineProbe: task 'b': label \\d+ gives class \\d+, outside its 4 classes"):
+        fit(FixedEncoder(), OnlineProbe([ProbeTask("b", 4)]), tmp_path, steps=1)  # no modulo: labels run to 11
 
 
 def test_bad_arguments_are_refused():

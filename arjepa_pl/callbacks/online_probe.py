@@ -35,7 +35,7 @@ class OnlineProbe(L.Callback):
 
     Args:
         tasks: what to predict from each clip's label (arjepa_pl.evaluation.ProbeTask: name, num_classes,
-            divisor; e.g. the demo set's shape and direction).
+            divisor, modulo; e.g. the demo set's shape and direction).
         method: "linear": one linear head per task, trained with AdamW on the probed training batches;
             "knn": cosine kNN over a memory bank of the most recent probed training clips.
         every_n_steps: probe every this many training batches (1: all of them).
@@ -210,8 +210,9 @@ class OnlineProbe(L.Callback):
         try:
             return [task.targets(labels) for task in self.tasks]
         except ValueError as err:
-            raise ValueError(f"OnlineProbe: {err} (unlabelled data? the online probe needs class labels "
-                             ">= 0; remove the callback for unlabelled data)") from None
+            hint = (" (unlabelled data? the online probe needs class labels >= 0; remove the callback for "
+                    "unlabelled data)") if int(labels.min()) < 0 else ""
+            raise ValueError(f"OnlineProbe: {err}{hint}") from None
 
     # -- linear ------------------------------------------------------------------------------------
     def logits(self, features: torch.Tensor) -> list[torch.Tensor]:
@@ -302,7 +303,7 @@ class OnlineProbe(L.Callback):
 
     # -- checkpointed state ------------------------------------------------------------------------
     def _signature(self) -> dict:
-        return {"method": self.method, "tasks": [(t.name, t.num_classes, t.divisor) for t in self.tasks],
+        return {"method": self.method, "tasks": [(t.name, t.num_classes, t.divisor, t.modulo) for t in self.tasks],
                 "layer": self.layer}
 
     def state_dict(self) -> dict:

@@ -1,5 +1,7 @@
 """Frozen evaluation: probe tasks, probes, and the comparison of objectives."""
 
+from arjepa_pl.evaluation.multiview import average_view_probabilities, flatten_views
+from arjepa_pl.evaluation.probe import Probe
 from arjepa_pl.evaluation.tasks import DEMO_TASKS, ProbeTask, as_task
 
-__all__ = ["DEMO_TASKS", "ProbeTask", "as_task"]
+__all__ = ["DEMO_TASKS", "Probe", "ProbeTask", "as_task", "average_view_probabilities", "flatten_views"]

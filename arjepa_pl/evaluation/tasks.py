@@ -1,11 +1,13 @@
 """What a probe predicts from a clip's integer label.
 
 A data set often encodes several factors in one label; the demo set's is shape * 4 + direction
-(appearance and dynamics). A ProbeTask reads one factor: `(label // divisor) % num_classes`, so
-probes of appearance and of dynamics run on the same clips, the same manifest and one encoder pass.
+(appearance and dynamics). A ProbeTask reads one factor: `label // divisor`, then `% modulo` when
+given, so probes of appearance and of dynamics run on the same clips, the same manifest and one
+encoder pass. A class outside [0, num_classes) is an error, never wrapped around silently.
 """
 
 from dataclasses import dataclass
+from typing import Optional
 
 import torch
 
@@ -17,31 +19,39 @@ class ProbeTask:
     Args:
         name: metric name (val/<name>/top1, ...).
         num_classes: classes of this task.
-        divisor: the task's class is (label // divisor) % num_classes; 1 with num_classes = all labels
-            reads the label itself.
+        divisor, modulo: the task's class is label // divisor, then % modulo when modulo is set
+            (defaults: the label itself).
     """
 
     name: str
     num_classes: int
     divisor: int = 1
+    modulo: Optional[int] = None
 
     def __post_init__(self):
         if not self.name or "/" in self.name:
             raise ValueError(f"task name must be non-empty without '/', got {self.name!r}")
         if self.num_classes < 2:
             raise ValueError(f"task {self.name!r}: num_classes must be >= 2, got {self.num_classes}")
-        if self.divisor < 1:
-            raise ValueError(f"task {self.name!r}: divisor must be >= 1, got {self.divisor}")
+        if self.divisor < 1 or (self.modulo is not None and self.modulo < 1):
+            raise ValueError(f"task {self.name!r}: divisor and modulo must be >= 1, got {self.divisor}, {self.modulo}")
 
     def targets(self, labels: torch.Tensor) -> torch.Tensor:
         """This task's class of every label."""
-        if (labels < 0).any():
+        if labels.numel() and int(labels.min()) < 0:
             raise ValueError(f"task {self.name!r}: labels must be >= 0, got {int(labels.min())}")
-        return (labels // self.divisor) % self.num_classes
+        classes = labels // self.divisor
+        if self.modulo is not None:
+            classes = classes % self.modulo
+        if classes.numel() and int(classes.max()) >= self.num_classes:
+            i = int((classes >= self.num_classes).nonzero()[0])
+            raise ValueError(f"task {self.name!r}: label {int(labels[i])} gives class {int(classes[i])}, outside its "
+                             f"{self.num_classes} classes (check num_classes / divisor / modulo)")
+        return classes
 
 
 # The demo set (data_modules.demo_videos): label = shape_index * 4 + direction_index.
-DEMO_TASKS = (ProbeTask("shape", 3, divisor=4), ProbeTask("direction", 4), ProbeTask("class", 12))
+DEMO_TASKS = (ProbeTask("shape", 3, divisor=4), ProbeTask("direction", 4, modulo=4), ProbeTask("class", 12))
 
 
 def as_task(task) -> ProbeTask:
@@ -49,8 +59,8 @@ def as_task(task) -> ProbeTask:
     if isinstance(task, ProbeTask):
         return task
     if isinstance(task, dict):
-        unknown = set(task) - {"name", "num_classes", "divisor"}
+        unknown = set(task) - {"name", "num_classes", "divisor", "modulo"}
         if unknown:
-            raise ValueError(f"unknown probe task keys {sorted(unknown)}: use name, num_classes, divisor")
+            raise ValueError(f"unknown probe task keys {sorted(unknown)}: use name, num_classes, divisor, modulo")
         return ProbeTask(**task)
     raise TypeError(f"a probe task is a ProbeTask or a dict, got {task!r}")

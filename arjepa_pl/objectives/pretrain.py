@@ -121,7 +121,9 @@ class PretrainObjective(L.LightningModule):
         names = {id(module): name for name, module in self.named_modules()}
         prefixes = {part: names[id(getattr(extractor, part))] + "."
                     for part in ("encoder", "tokenizer") if getattr(extractor, part) is not None}
-        checkpoint["feature_extractor"] = {"spec": extractor.spec(), "prefixes": prefixes}
+        cls = type(self)
+        checkpoint["feature_extractor"] = {"spec": extractor.spec(), "prefixes": prefixes,
+                                           "objective": f"{cls.__module__}.{cls.__qualname__}"}
 
     @property
     def total_steps(self) -> int:

@@ -1,0 +1,74 @@
+"""summary.json in the run directory: what a run did, for scripts (the compare harness) to read
+without parsing logs or depending on which logger is configured."""
+
+import json
+import os
+import time
+from pathlib import Path
+from typing import Optional
+
+import lightning.pytorch as L
+import torch
+
+from arjepa_pl.callbacks.performance import PerformanceMonitor, batch_clips_and_tokens
+
+
+class RunSummary(L.Callback):
+    """Writes `<default_root_dir>/summary.json` (or `path`) when fit, validate or test ends, on rank 0:
+
+    {"stage", "global_step", "fit_seconds" (wall time of fit, summed over resumed runs), "train_clips"
+    (all devices), "train_flops" (PerformanceMonitor's FLOPs per clip x train_clips; null without one),
+    "metrics" (the trainer's final scalar metrics)}. The file is replaced atomically.
+    """
+
+    def __init__(self, path: Optional[str] = None):
+        self.path = path
+        self.fit_seconds = 0.0
+        self.train_clips = 0  # on this rank
+        self._start: Optional[float] = None
+
+    def _elapsed(self) -> float:
+        return self.fit_seconds + (0.0 if self._start is None else time.perf_counter() - self._start)
+
+    def on_fit_start(self, trainer, pl_module) -> None:
+        self._start = time.perf_counter()
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        self.train_clips += batch_clips_and_tokens(pl_module, batch)[0]
+
+    def state_dict(self) -> dict:
+        # A resumed run continues the totals, so a requeued job reports its whole cost.
+        return {"fit_seconds": self._elapsed(), "train_clips": self.train_clips}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        self.fit_seconds, self.train_clips = state_dict["fit_seconds"], state_dict["train_clips"]
+        self._start = time.perf_counter() if self._start is not None else None
+
+    def summary(self, trainer: L.Trainer, stage: str) -> dict:
+        clips = self.train_clips * trainer.world_size
+        monitors = [c for c in trainer.callbacks if isinstance(c, PerformanceMonitor) and c.flops_per_clip]
+        metrics = {k: float(v) for k, v in trainer.callback_metrics.items()
+                   if isinstance(v, (int, float)) or (torch.is_tensor(v) and v.numel() == 1)}
+        return {"stage": stage, "global_step": trainer.global_step, "fit_seconds": self._elapsed(),
+                "train_clips": clips, "train_flops": monitors[0].flops_per_clip * clips if monitors else None,
+                "metrics": metrics}
+
+    def _write(self, trainer: L.Trainer, stage: str) -> None:
+        if trainer.global_rank != 0 or trainer.sanity_checking:
+            return
+        path = Path(self.path or Path(trainer.default_root_dir) / "summary.json")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+        tmp.write_text(json.dumps(self.summary(trainer, stage), indent=2, sort_keys=True) + "\n")
+        os.replace(tmp, path)
+
+    def on_fit_end(self, trainer, pl_module) -> None:
+        self._write(trainer, "fit")
+        self._start = None
+
+    def on_validation_end(self, trainer, pl_module) -> None:
+        if trainer.state.fn == "validate":
+            self._write(trainer, "validate")
+
+    def on_test_end(self, trainer, pl_module) -> None:
+        self._write(trainer, "test")

@@ -1,0 +1,22 @@
+"""Several views of one sample (temporal segments x spatial crops): scored one by one, then the
+class probabilities averaged — V-JEPA's multi-view evaluation (K400: 8 segments x 3 crops)."""
+
+import torch
+
+
+def flatten_views(x: torch.Tensor, sample_ndim: int) -> tuple[torch.Tensor, int]:
+    """[B, V, *sample] -> ([B * V, *sample], V); a batch without a view axis is one view per sample.
+
+    sample_ndim: dimensions of one sample (4 for a [C, T, H, W] clip, 3 for a [C, H, W] image)."""
+    if x.ndim == sample_ndim + 1:
+        return x, 1
+    if x.ndim == sample_ndim + 2:
+        return x.flatten(0, 1), x.size(1)
+    raise ValueError(f"expected a batch of [{sample_ndim}-d] samples, with or without a view axis; got shape {tuple(x.shape)}")
+
+
+def average_view_probabilities(logits: torch.Tensor, views: int) -> torch.Tensor:
+    """Logits [B * V, C] of consecutive views of each sample -> mean softmax [B, C]."""
+    if logits.size(0) % views:
+        raise ValueError(f"{logits.size(0)} rows are not a whole number of samples of {views} views")
+    return logits.float().softmax(-1).view(-1, views, logits.size(-1)).mean(1)

@@ -1,0 +1,168 @@
+"""Frozen-encoder probes: `python -m arjepa_pl fit --config configs/probe_attentive.yaml
+--model.encoder_checkpoint PATH` trains them, `validate` evaluates them.
+
+The encoder comes from any arjepa_pl checkpoint (the objective decides what is read: a JEPA's target
+encoder, an AR model's block-causal backbone with its tokenizer — see FeatureExtractor), an exported
+encoder file or an official V-JEPA / I-JEPA checkpoint (arjepa_pl.interop). It is frozen and stays in
+eval mode; only the heads train. One head per (task, layer) pair shares one encoder pass per batch, so
+probing appearance and motion at several depths costs one forward.
+
+Evaluation scores every view of a sample (temporal segments x spatial crops from the data module's
+num_clips / eval_views) and averages the softmax; training treats each view as a sample.
+"""
+
+import logging
+from typing import Literal, Optional
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torchmetrics.classification import MulticlassAccuracy
+
+from arjepa_pl.evaluation.multiview import average_view_probabilities, flatten_views
+from arjepa_pl.evaluation.tasks import ProbeTask, as_task
+from arjepa_pl.models import AttentiveClassifier, FeatureExtractor, LinearClassifier, VisionTransformer
+from arjepa_pl.objectives.pretrain import PretrainObjective
+
+log = logging.getLogger("arjepa_pl.probe")
+
+
+class Probe(PretrainObjective):
+    """Attentive or linear probes on a frozen encoder, for one or more label tasks and encoder layers.
+
+    Metrics: `val/<task>/l<layer>/top1` (and `/top5` for tasks of more than 5 classes) with `layer` the
+    encoder block read (0-based), and `val/loss`; the same under `test/`.
+
+    Args:
+        tasks: what to predict from each clip's label (ProbeTask: name, num_classes, divisor, modulo).
+        encoder_checkpoint: the encoder to probe: an arjepa_pl checkpoint, an exported encoder, or an
+            official V-JEPA / I-JEPA checkpoint; it brings its own architecture.
+        encoder: used only when encoder_checkpoint is null: a randomly initialised frozen encoder of
+            this architecture (the no-pretraining baseline every comparison needs).
+        encoder_which: which encoder of the checkpoint: "auto" (the objective's representation, the
+            target encoder of official checkpoints), "target_encoder" or "encoder".
+        probe: "attentive" (V-JEPA's cross-attention pooler) or "linear" (mean-pooled features).
+        layers: encoder blocks whose features are probed (0-based; -1 = the last).
+        self_attn_blocks: attentive probe only: self-attention blocks over the tokens before the
+            pooler (V-JEPA: 0; V-JEPA 2: 3).
+        num_heads: attentive probe heads (default: the encoder's).
+        lr / start_lr / final_lr / warmup_steps / weight_decay / final_weight_decay: the probe's AdamW
+            schedule (V-JEPA's protocol: lr 1e-3, cosine, weight decay 0.01).
+        optim_args: betas, eps, total_steps, ..., see PretrainObjective.
+    """
+
+    def __init__(
+        self,
+        tasks: list[ProbeTask],
+        encoder_checkpoint: Optional[str] = None,
+        encoder: Optional[VisionTransformer] = None,
+        encoder_which: Literal["auto", "target_encoder", "encoder"] = "auto",
+        encoder_num_heads: Optional[int] = None,
+        probe: Literal["attentive", "linear"] = "attentive",
+        layers: list[int] = (-1,),
+        self_attn_blocks: int = 0,
+        num_heads: Optional[int] = None,
+        lr: float = 1e-3,
+        start_lr: float = 1e-3,
+        final_lr: float = 0.0,
+        warmup_steps: int = 0,
+        weight_decay: float = 0.01,
+        final_weight_decay: float = 0.01,
+        **optim_args,
+    ):
+        super().__init__(lr=lr, start_lr=start_lr, final_lr=final_lr, warmup_steps=warmup_steps,
+                         weight_decay=weight_decay, final_weight_decay=final_weight_decay, **optim_args)
+        self.save_init_args()
+        self.tasks = [as_task(t) for t in tasks]
+        if not self.tasks:
+            raise ValueError("a probe needs at least one task")
+        if len({t.name for t in self.tasks}) != len(self.tasks):
+            raise ValueError(f"task names must differ, got {[t.name for t in self.tasks]}")
+        if encoder_checkpoint is not None:
+            from arjepa_pl.interop import load_feature_extractor  # checkpoint formats live there
+
+            extractor = load_feature_extractor(encoder_checkpoint, which=encoder_which, num_heads=encoder_num_heads)
+            log.info(f"probing the encoder of {encoder_checkpoint} ({extractor.spec()})")
+        elif encoder is not None:
+            extractor = FeatureExtractor(encoder)
+            log.warning("probe: no encoder_checkpoint, probing a RANDOMLY INITIALISED frozen encoder (a baseline)")
+        else:
+            raise ValueError("set model.encoder_checkpoint (the encoder to probe), or model.encoder for a "
+                             "randomly initialised baseline")
+        self.extractor = extractor.requires_grad_(False).eval()
+        self.layers = sorted({self.extractor.layer_index(layer) for layer in layers})
+        self.input_key = "video" if self.extractor.encoder.video else "image"
+
+        dim = self.extractor.embed_dim
+        heads = num_heads or self.extractor.encoder.num_heads
+        self.heads = nn.ModuleDict()
+        self.val_metrics, self.test_metrics = nn.ModuleDict(), nn.ModuleDict()
+        for task in self.tasks:
+            for layer in self.layers:
+                key = self.head_key(task, layer)
+                self.heads[key] = (AttentiveClassifier(dim, task.num_classes, heads, self_attn_blocks) if probe == "attentive"
+                                   else LinearClassifier(dim, task.num_classes))
+                for metrics in (self.val_metrics, self.test_metrics):
+                    metrics[key] = nn.ModuleDict({f"top{k}": MulticlassAccuracy(task.num_classes, top_k=k)
+                                                  for k in (1, 5) if k == 1 or task.num_classes > 5})
+
+    @staticmethod
+    def head_key(task: ProbeTask, layer: int) -> str:
+        return f"{task.name}_l{layer}"
+
+    def feature_extractor(self) -> FeatureExtractor:
+        return self.extractor
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        self.extractor.eval()  # frozen: never in training mode
+        return self
+
+    # -- forward -------------------------------------------------------------------------------------
+    def logits(self, batch: dict) -> tuple[dict[str, torch.Tensor], int]:
+        """({head key: logits [B * V, classes]}, views V) of a batch."""
+        if self.input_key not in batch or "label" not in batch:
+            raise ValueError(f"a probe reads batch[{self.input_key!r}] and batch['label']; the batch has {sorted(batch)}")
+        x, views = flatten_views(batch[self.input_key], 4 if self.input_key == "video" else 3)
+        with torch.no_grad():
+            features = self.extractor(x, self.layers)
+        by_layer = dict(zip(self.layers, features))
+        return {self.head_key(task, layer): self.heads[self.head_key(task, layer)](by_layer[layer])
+                for task in self.tasks for layer in self.layers}, views
+
+    def targets(self, batch: dict) -> dict[str, torch.Tensor]:
+        return {task.name: task.targets(batch["label"]) for task in self.tasks}
+
+    def _loss(self, logits: dict[str, torch.Tensor], targets: dict[str, torch.Tensor], views: int) -> torch.Tensor:
+        # The heads are independent: the sum gives each its own unscaled gradient; logged as the mean.
+        total = 0.0
+        for task in self.tasks:
+            target = targets[task.name].repeat_interleave(views)
+            for layer in self.layers:
+                total = total + F.cross_entropy(logits[self.head_key(task, layer)].float(), target)
+        return total
+
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        logits, views = self.logits(batch)
+        loss = self._loss(logits, self.targets(batch), views)
+        self.log("train/loss", loss / len(self.heads), prog_bar=True, batch_size=batch["label"].size(0))
+        return loss
+
+    def _evaluate(self, batch: dict, stage: str, metrics: nn.ModuleDict) -> None:
+        logits, views = self.logits(batch)
+        targets = self.targets(batch)
+        B = batch["label"].size(0)
+        self.log(f"{stage}/loss", self._loss(logits, targets, views) / len(self.heads), sync_dist=True, batch_size=B)
+        for task in self.tasks:
+            for layer in self.layers:
+                key = self.head_key(task, layer)
+                probs = average_view_probabilities(logits[key], views)
+                for name, metric in metrics[key].items():
+                    metric.update(probs, targets[task.name])
+                    self.log(f"{stage}/{task.name}/l{layer}/{name}", metric, on_step=False, on_epoch=True, batch_size=B)
+
+    def validation_step(self, batch: dict, batch_idx: int) -> None:
+        self._evaluate(batch, "val", self.val_metrics)
+
+    def test_step(self, batch: dict, batch_idx: int) -> None:
+        self._evaluate(batch, "test", self.test_metrics)
