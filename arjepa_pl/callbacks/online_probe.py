@@ -26,6 +26,7 @@ from lightning.pytorch.utilities import rank_zero_warn
 from torch import nn
 from torch.distributed.tensor import DTensor
 
+from arjepa_pl.evaluation.multiview import flatten_views
 from arjepa_pl.evaluation.tasks import ProbeTask, as_task
 from arjepa_pl.objectives.pretrain import decay_groups
 
@@ -178,8 +179,9 @@ class OnlineProbe(L.Callback):
 
         Tokens are mean-pooled (over views too, for [B, V, ...] batches) and normalised without
         learnt parameters (F.layer_norm): the encoder's feature scale drifts during pretraining and
-        differs between objectives, so a head with a fixed learning rate would chase it; a stateless
-        normalisation has no running statistics to synchronise or checkpoint.
+        differs between objectives, so a head with a fixed learning rate would chase it. The frozen
+        linear probe's BatchNorm (arjepa_pl.models.probes) would do too for fixed features, but its
+        running statistics would lag a moving encoder and differ between DDP ranks; this has none.
         """
         extractor = self._extractor
         key = "video" if extractor.encoder.video else "image"
@@ -192,9 +194,7 @@ class OnlineProbe(L.Callback):
                              f"{labels.dtype if torch.is_tensor(labels) else type(labels).__name__} "
                              f"{tuple(getattr(labels, 'shape', ()))} for {x.shape[0]} clips")
         B = x.shape[0]
-        views = x.ndim - (5 if extractor.encoder.video else 4)  # 1 for [B, V, C, (T,) H, W]
-        if views:
-            x = x.flatten(0, 1)
+        x, _ = flatten_views(x, 4 if extractor.encoder.video else 3)
         modes = [(module, module.training) for module in extractor.modules()]
         extractor.eval()  # no dropout / drop-path: the features probes would read
         try:
