@@ -135,7 +135,7 @@ def test_probe_learns_a_separable_task_with_the_encoder_frozen(tmp_path):
 def test_probe_needs_an_encoder_and_distinct_tasks():
     with pytest.raises(ValueError, match="encoder_checkpoint"):
         Probe(tasks=[ProbeTask("a", 2)])
-    with pytest.raises(ValueError, match="differ"):
+    with pytest.raises(ValueError, match="distinct"):
         Probe(tasks=[ProbeTask("a", 2), ProbeTask("a", 3)], encoder=tiny_encoder())
     probe = Probe(tasks=[ProbeTask("a", 2)], encoder=tiny_encoder())
     with pytest.raises(ValueError, match="batch\\['label'\\]"):

@@ -27,7 +27,7 @@ from torch import nn
 from torch.distributed.tensor import DTensor
 
 from arjepa_pl.evaluation.multiview import flatten_views
-from arjepa_pl.evaluation.tasks import ProbeTask, as_task
+from arjepa_pl.evaluation.tasks import ProbeTask, as_tasks
 from arjepa_pl.objectives.pretrain import decay_groups
 
 
@@ -62,12 +62,7 @@ class OnlineProbe(L.Callback):
         bank_size: int = 4096,
         seed: int = 0,
     ):
-        self.tasks = tuple(as_task(task) for task in tasks)
-        if not self.tasks:
-            raise ValueError("OnlineProbe needs at least one task")
-        names = [task.name for task in self.tasks]
-        if len(set(names)) != len(names):
-            raise ValueError(f"OnlineProbe task names must be distinct, got {names}")
+        self.tasks = as_tasks(tasks, "OnlineProbe")
         if method not in ("linear", "knn"):
             raise ValueError(f"method must be 'linear' or 'knn', got {method!r}")
         if every_n_steps < 1:

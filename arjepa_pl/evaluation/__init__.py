@@ -2,6 +2,6 @@
 
 from arjepa_pl.evaluation.multiview import average_view_probabilities, flatten_views
 from arjepa_pl.evaluation.probe import Probe
-from arjepa_pl.evaluation.tasks import DEMO_TASKS, ProbeTask, as_task
+from arjepa_pl.evaluation.tasks import DEMO_TASKS, ProbeTask, as_task, as_tasks
 
-__all__ = ["DEMO_TASKS", "Probe", "ProbeTask", "as_task", "average_view_probabilities", "flatten_views"]
+__all__ = ["DEMO_TASKS", "Probe", "ProbeTask", "as_task", "as_tasks", "average_view_probabilities", "flatten_views"]

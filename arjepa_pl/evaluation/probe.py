@@ -20,7 +20,7 @@ from torch import nn
 from torchmetrics.classification import MulticlassAccuracy
 
 from arjepa_pl.evaluation.multiview import average_view_probabilities, flatten_views
-from arjepa_pl.evaluation.tasks import ProbeTask, as_task
+from arjepa_pl.evaluation.tasks import ProbeTask, as_tasks
 from arjepa_pl.models import AttentiveClassifier, FeatureExtractor, LinearClassifier, VisionTransformer
 from arjepa_pl.objectives.pretrain import PretrainObjective
 
@@ -73,11 +73,7 @@ class Probe(PretrainObjective):
         super().__init__(lr=lr, start_lr=start_lr, final_lr=final_lr, warmup_steps=warmup_steps,
                          weight_decay=weight_decay, final_weight_decay=final_weight_decay, **optim_args)
         self.save_init_args()
-        self.tasks = [as_task(t) for t in tasks]
-        if not self.tasks:
-            raise ValueError("a probe needs at least one task")
-        if len({t.name for t in self.tasks}) != len(self.tasks):
-            raise ValueError(f"task names must differ, got {[t.name for t in self.tasks]}")
+        self.tasks = as_tasks(tasks, "a probe")
         if encoder_checkpoint is not None:
             from arjepa_pl.interop import load_feature_extractor  # checkpoint formats live there
 

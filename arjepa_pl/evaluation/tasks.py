@@ -64,3 +64,14 @@ def as_task(task) -> ProbeTask:
             raise ValueError(f"unknown probe task keys {sorted(unknown)}: use name, num_classes, divisor, modulo")
         return ProbeTask(**task)
     raise TypeError(f"a probe task is a ProbeTask or a dict, got {task!r}")
+
+
+def as_tasks(tasks, owner: str) -> tuple[ProbeTask, ...]:
+    """At least one task, with distinct names (each names its metrics); `owner` names the caller in errors."""
+    tasks = tuple(as_task(task) for task in tasks)
+    if not tasks:
+        raise ValueError(f"{owner} needs at least one task")
+    names = [task.name for task in tasks]
+    if len(set(names)) != len(names):
+        raise ValueError(f"{owner} task names must be distinct, got {names}")
+    return tasks
