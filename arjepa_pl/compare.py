@@ -65,16 +65,6 @@ class Run:
         return f"{self.objective}/seed{self.seed}"
 
 
-def dotted(config, key: str):
-    """config['a.b.c'] of a jsonargparse Namespace or nested dicts (None when absent)."""
-    value = config
-    for part in key.split("."):
-        if value is None:
-            return None
-        value = value.get(part) if isinstance(value, dict) else getattr(value, part, None)
-    return value
-
-
 def plain(value):
     """Namespaces -> dicts, recursively, for comparison and printing."""
     if hasattr(value, "as_dict"):
@@ -84,6 +74,11 @@ def plain(value):
     if isinstance(value, (list, tuple)):
         return [plain(v) for v in value]
     return value
+
+
+class _Parsed(Exception):
+    def __init__(self, config):
+        self.config = config
 
 
 def resolved_config(args: list[str]):
@@ -102,18 +97,13 @@ def resolved_config(args: list[str]):
     raise RuntimeError("unreachable: the CLI instantiated its classes")
 
 
-class _Parsed(Exception):
-    def __init__(self, config):
-        self.config = config
-
-
 def check_fairness(configs: dict[str, object]) -> None:
     """Error listing every MUST_MATCH key and optimiser setting that differs between objectives."""
     names = list(configs)
     problems = []
     keys = list(MUST_MATCH) + [f"model.init_args.{k}" for k in OPTIMIZER_KEYS]
     for key in keys:
-        values = {name: plain(dotted(configs[name], key)) for name in names}
+        values = {name: plain(configs[name].get(key)) for name in names}  # jsonargparse reads dotted keys
         if any(v != values[names[0]] for v in values.values()):
             problems.append(f"  {key}: " + "; ".join(f"{n}={json.dumps(v, default=str)}" for n, v in values.items()))
     if problems:
@@ -224,7 +214,7 @@ def compare(
     resolved = {o.name: resolved_config(pretrain_command(o, Run(o.name, seeds[0], out / o.name / "check"))[len(python):-1])
                 for o in objectives}
     check_fairness(resolved)
-    encoder = plain(dotted(resolved[names[0]], "model.init_args.encoder"))
+    encoder = plain(resolved[names[0]].get("model.init_args.encoder"))
     random_encoder = ["--model.init_args.encoder_checkpoint=null", f"--model.init_args.encoder={json.dumps(encoder)}"]
 
     def probe_command(run: Run, encoder_args: list[str]) -> list[str]:
