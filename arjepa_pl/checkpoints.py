@@ -86,6 +86,23 @@ def replace_dir(tmp: Path, path: Path) -> None:
     shutil.rmtree(old, ignore_errors=True)
 
 
+def save_sharded_atomically(strategy, path: os.PathLike, save: Callable[[Path], None]) -> None:
+    """A sharded checkpoint directory written by every rank (`save(tmp)`) into a hidden temporary
+    directory beside `path`, then swapped into place by rank 0 once every rank has finished, so a kill
+    during the save never breaks the previous checkpoint. `strategy`: anything with broadcast, barrier
+    and global_rank (a Lightning strategy)."""
+    path = Path(strategy.broadcast(str(path)))
+    tmp = path.with_name(f".{path.name}.tmp")
+    if strategy.global_rank == 0 and tmp.exists():
+        shutil.rmtree(tmp)  # left by a save that was killed
+    strategy.barrier()
+    save(tmp)
+    strategy.barrier()  # every rank's shards are on disk
+    if strategy.global_rank == 0:
+        replace_dir(tmp, path)
+    strategy.barrier()
+
+
 def wrap_load_errors(path: os.PathLike, load: Callable[[], Any]) -> Any:
     """Run `load`; any failure becomes a CheckpointLoadError that names the checkpoint and says what to do."""
     try:

@@ -76,8 +76,8 @@ class ArJepaCLI(LightningCLI):
 
 # Commands beyond Lightning's subcommands: module whose main(argv) runs them, and what they do.
 EXTRA_COMMANDS = {
-    "compare": ("arjepa_pl.compare", "pretrain objectives on equal terms, probe each frozen encoder, write the table"),
-    "export": ("arjepa_pl.export", "write a checkpoint's encoder as a plain state dict with its rebuild config"),
+    "compare": ("arjepa_pl.evaluation.compare", "pretrain objectives on equal terms, probe each frozen encoder, write the table"),
+    "export": ("arjepa_pl.interop.export", "write a checkpoint's encoder as a plain state dict with its rebuild config"),
 }
 
 

@@ -11,15 +11,13 @@ The sharding itself is done by the objective's `configure_model` (arjepa_pl.para
 on the device mesh this strategy builds; the EMA teacher is sharded exactly like the student.
 """
 
-import shutil
 from datetime import timedelta
-from pathlib import Path
 from typing import Any, Optional
 
 from lightning.fabric.plugins.collectives.torch_collective import default_pg_timeout
 from lightning.pytorch.strategies import ModelParallelStrategy, StrategyRegistry
 
-from arjepa_pl.checkpoints import replace_dir, wrap_load_errors
+from arjepa_pl.checkpoints import save_sharded_atomically, wrap_load_errors
 
 
 class FSDP2Strategy(ModelParallelStrategy):
@@ -54,16 +52,8 @@ class FSDP2Strategy(ModelParallelStrategy):
     def save_checkpoint(self, checkpoint: dict[str, Any], filepath, storage_options: Optional[Any] = None) -> None:
         if not self._save_distributed_checkpoint:
             return super().save_checkpoint(checkpoint, filepath, storage_options)  # via the (atomic) CheckpointIO
-        path = Path(self.broadcast(str(filepath)))
-        tmp = path.with_name(f".{path.name}.tmp")
-        if self.global_rank == 0 and tmp.exists():
-            shutil.rmtree(tmp)  # left by a save that was killed
-        self.barrier()
-        super().save_checkpoint(checkpoint, tmp, storage_options)
-        self.barrier()  # every rank's shards are on disk
-        if self.global_rank == 0:
-            replace_dir(tmp, path)
-        self.barrier()
+        save_sharded_atomically(self, filepath, lambda tmp: super(FSDP2Strategy, self).save_checkpoint(
+            checkpoint, tmp, storage_options))
 
     def load_checkpoint(self, checkpoint_path, weights_only: Optional[bool] = None) -> dict[str, Any]:
         weights_only = True if weights_only is None else weights_only

@@ -38,7 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from arjepa_pl.masks import VJEPA_DEFAULT_MASKS, MaskCollator  # noqa: E402
 from data_modules import ClipSampler, VideoDataModule, ensure_demo_videos, read_manifest  # noqa: E402
-from data_modules.clip_sampling import clip_indices  # noqa: E402
+from data_modules.frame_indices import clip_indices  # noqa: E402
 
 
 def write_hires(path: Path, seconds: int, fps: int = 30, width: int = 640, height: int = 360, seed: int = 0) -> None:
@@ -106,10 +106,21 @@ def repeated(manifest: Path, times: int, out: Path) -> Path:
     return out
 
 
+class MaskedVideoData(VideoDataModule):
+    """The pipeline as V-JEPA runs it, without a trainer: loaders collate with V-JEPA's mask collator
+    (what the objective's collate_fn() gives a data module under the trainer)."""
+
+    def __init__(self, patch_size: int, **kwargs):
+        super().__init__(**kwargs)
+        self.patch_size = patch_size
+
+    def collate(self):
+        return MaskCollator(VJEPA_DEFAULT_MASKS, tubelet_size=2, patch_size=self.patch_size, seed=0)
+
+
 def loaders(manifest: Path, workers: int, batch_size: int, frames: int, step: int, crop: int, patch: int):
-    dm = VideoDataModule(train_manifest=str(manifest), frames_per_clip=frames, frame_step=step, crop_size=crop,
+    dm = MaskedVideoData(patch, train_manifest=str(manifest), frames_per_clip=frames, frame_step=step, crop_size=crop,
                          batch_size=batch_size, num_workers=workers, report_skipped=False)
-    dm.collate_fn = MaskCollator(VJEPA_DEFAULT_MASKS, tubelet_size=2, patch_size=patch, seed=0)
     dm.setup("fit")
     raw_set = RawClips(manifest, frames, step)
     sampler = ClipSampler(raw_set, num_replicas=1, rank=0, shuffle=True, seed=0, drop_last=True)
@@ -156,13 +167,12 @@ def rss_mb(pid: int) -> float:
 
 def worker_rss(manifest: Path, args) -> None:
     clips = args.rss_clips
-    dm = VideoDataModule(train_manifest=str(manifest), frames_per_clip=16, frame_step=2, crop_size=64,
+    dm = MaskedVideoData(8, train_manifest=str(manifest), frames_per_clip=16, frame_step=2, crop_size=64,
                          batch_size=args.batch_size, num_workers=args.workers, iterations_per_epoch=clips // args.batch_size,
                          report_skipped=False)
-    dm.collate_fn = MaskCollator(VJEPA_DEFAULT_MASKS, tubelet_size=2, patch_size=8, seed=0)
     dm.setup("fit")
     loader = DataLoader(dm.train_dataset, batch_size=args.batch_size, sampler=dm.train_dataloader().sampler,
-                        num_workers=args.workers, collate_fn=dm.collate_fn, multiprocessing_context="fork")
+                        num_workers=args.workers, collate_fn=dm.collate(), multiprocessing_context="fork")
     iterator = iter(loader)
     pids = [w.pid for w in iterator._workers]
     samples, n = [], 0

@@ -55,7 +55,7 @@ def run(name: str, args, fsdp: bool = False, ac: bool = False, compiled: bool = 
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats()
     model = vitl_vjepa(args.device, args.tiny)
-    # What PretrainObjective.configure_model does under the trainer (there with the strategy's mesh):
+    # What ScheduledModule.configure_model does under the trainer (there with the strategy's mesh):
     # per-block activation checkpointing, compile, FSDP2 with bf16 all-gathers and the teacher
     # sharded exactly like the student.
     mesh = init_device_mesh(args.device, (1,)) if fsdp else None

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import lightning.pytorch as L
 import torch
-from torch.utils.data import DataLoader, Dataset, default_collate
+from torch.utils.data import DataLoader, Dataset
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -26,6 +26,7 @@ sys.path.insert(0, str(REPO))
 from arjepa_pl.models import VisionTransformer  # noqa: E402
 from arjepa_pl.objectives import VJEPA  # noqa: E402
 from arjepa_pl.strategies import FSDP2Strategy  # noqa: E402,F401  (registers "fsdp2")
+from data_modules.datamodules import objective_collate_fn  # noqa: E402
 
 TARGET = 0.55
 
@@ -42,12 +43,8 @@ class Clips(Dataset):
 
 
 class ClipData(L.LightningDataModule):
-    def __init__(self):
-        super().__init__()
-        self.collate_fn = default_collate  # V-JEPA puts its mask collator here
-
-    def train_dataloader(self):
-        return DataLoader(Clips(), batch_size=2, collate_fn=self.collate_fn)
+    def train_dataloader(self):  # collated with V-JEPA's mask collator, as data_modules' modules do
+        return DataLoader(Clips(), batch_size=2, collate_fn=objective_collate_fn(self.trainer))
 
 
 def local_bytes(tensors) -> int:

@@ -6,7 +6,7 @@ Knows nothing of models: batches are dicts {"video": [B, 3, T, S, S], "label", "
 """
 
 from .bad_samples import BadSampleGuard, SkippedVideosReport, TooManyBadVideos
-from .clips import ClipOptions, load_clip
+from .clip import ClipOptions, load_clip
 from .decoding import BadVideo
 from .demo_videos import DemoManifests, default_demo_dir, ensure_demo_videos
 from .frames import FrameDataModule, FrameDataset
@@ -14,9 +14,9 @@ from .manifest import read_manifest
 from .resumable import ResumableDataLoader
 from .samplers import ClipSampler, WeightedClipSampler
 from .shards import pack, read_shard_set
-from .video import ClipDataModule, VideoDataModule
+from .datamodules import ClipDataModule, VideoDataModule
 from .streaming import ShardClipStream, StreamingVideoDataModule
-from .video_clips import VideoClipDataset
+from .datasets import VideoClipDataset
 
 __all__ = [
     "VideoDataModule",

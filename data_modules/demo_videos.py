@@ -14,26 +14,25 @@ Layout of the cache directory (`root`):
       index.json             generation parameters + size and sha256 of every file
       videos/{train,val}/*.mp4
 
-The directory is generated atomically (into a temp dir next to it, then renamed)
-under a file lock, so a crash or two concurrent processes (e.g. several DDP ranks
-on one node) never leave a half-written set that is later trusted.
+The directory is generated atomically under a file lock and verified by its
+index (data_modules.generated), so a crash or two concurrent processes (e.g.
+several DDP ranks on one node) never leave a half-written set that is later
+trusted; a directory holding anything else is refused, never overwritten.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
-import secrets
-import shutil
-import time
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-import av
 import numpy as np
+
+from arjepa_pl.video_io import write_mp4
+
+from .generated import ensure_generated
 
 log = logging.getLogger("arjepa_pl.data")
 
@@ -48,9 +47,6 @@ FPS = 8
 # Bump when the generator's output changes, so old caches are regenerated.
 FORMAT_VERSION = 1
 SPLIT_IDS = {"train": 0, "val": 1}
-# The only names a demo root may contain: we refuse to replace anything else,
-# so pointing demo_dir at a directory with user data can never delete it.
-OWNED_NAMES = {"train.csv", "val.csv", "classes.json", "index.json", "videos"}
 
 
 @dataclass(frozen=True)
@@ -142,53 +138,8 @@ def render_clip(rng: np.random.Generator, label: int, num_frames: int, size: int
     return frames
 
 
-def rgb_to_yuv420p(rgb: np.ndarray) -> np.ndarray:
-    """uint8 [H, W, 3] RGB -> uint8 [H*3/2, W] planar yuv420p (BT.601, limited range).
-
-    Done here in numpy rather than by swscale so the encoder input is fully
-    determined by our code, whatever ffmpeg build PyAV ships.
-    """
-    x = rgb.astype(np.float32)
-    r, g, b = x[..., 0], x[..., 1], x[..., 2]
-    y = 16 + 0.257 * r + 0.504 * g + 0.098 * b
-    u = 128 - 0.148 * r - 0.291 * g + 0.439 * b
-    v = 128 + 0.439 * r - 0.368 * g - 0.071 * b
-    h, w = y.shape
-    u = u.reshape(h // 2, 2, w // 2, 2).mean(axis=(1, 3))  # 2x2 chroma subsampling
-    v = v.reshape(h // 2, 2, w // 2, 2).mean(axis=(1, 3))
-    planes = np.concatenate([y.ravel(), u.ravel(), v.ravel()])
-    return np.clip(np.rint(planes), 0, 255).astype(np.uint8).reshape(h * 3 // 2, w)
-
-
-def write_mp4(path: Path, frames: np.ndarray, fps: int = FPS) -> None:
-    """H.264 (libx264, yuv420p) mp4 whose bytes depend only on `frames` (and the x264 build)."""
-    with av.open(str(path), mode="w", format="mp4") as container:
-        stream = container.add_stream("libx264", rate=fps)
-        stream.width, stream.height = frames.shape[2], frames.shape[1]
-        stream.pix_fmt = "yuv420p"
-        # Reproducible bytes: x264 single-threaded and without its SIMD code, which
-        # on frames this small gave different bytes from run to run (~1 clip in 4).
-        # Plain C is fast enough at 64x64. A small GOP keeps seeking cheap.
-        stream.options = {"crf": "18", "preset": "fast", "g": str(2 * fps), "threads": "1", "x264-params": "asm=0"}
-        for t, rgb in enumerate(frames):
-            frame = av.VideoFrame.from_ndarray(rgb_to_yuv420p(rgb), format="yuv420p")
-            frame.pts = t
-            for packet in stream.encode(frame):
-                container.mux(packet)
-        for packet in stream.encode():  # flush the encoder
-            container.mux(packet)
-
-
 # ----------------------------------------------------------------------------
-# cache: index, verification, atomic generation
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
+# the cached set (generated.py: atomic, locked, verified by index.json)
 
 
 def _clip_relpath(split: str, i: int, label: int) -> str:
@@ -209,26 +160,6 @@ def _expected_files(params: dict) -> set[str]:
     return files
 
 
-def _is_complete(root: Path, params: dict) -> bool:
-    """True when root holds exactly the set `params` describes, undamaged."""
-    try:
-        index = json.loads((root / "index.json").read_text())
-    except (OSError, ValueError):
-        return False
-    if index.get("params") != params:
-        return False
-    files = index.get("files", {})
-    if set(files) != _expected_files(params):
-        return False
-    for relpath, meta in files.items():
-        path = root / relpath
-        if not path.is_file() or path.stat().st_size != meta.get("size"):
-            return False
-        if _sha256(path) != meta.get("sha256"):
-            return False
-    return True
-
-
 def _generate(tmp: Path, root: Path, params: dict) -> None:
     """Write the whole set into `tmp`; manifests already name the final paths in `root`."""
     for split, split_id in SPLIT_IDS.items():
@@ -238,7 +169,7 @@ def _generate(tmp: Path, root: Path, params: dict) -> None:
             rng = np.random.default_rng([params["seed"], split_id, i])
             frames = render_clip(rng, label, params["num_frames"], params["size"])
             relpath = _clip_relpath(split, i, label)
-            write_mp4(tmp / relpath, frames)
+            write_mp4(tmp / relpath, frames, fps=FPS)
             lines.append(f"{root / relpath} {label}\n")
         (tmp / f"{split}.csv").write_text("".join(lines))
 
@@ -249,54 +180,6 @@ def _generate(tmp: Path, root: Path, params: dict) -> None:
         "label_rule": "label = shape_index * 4 + direction_index",
     }
     (tmp / "classes.json").write_text(json.dumps(classes, indent=2) + "\n")
-
-    # index.json last: a set without it is never trusted.
-    files = {}
-    for relpath in sorted(_expected_files(params)):
-        path = tmp / relpath
-        files[relpath] = {"size": path.stat().st_size, "sha256": _sha256(path)}
-    index = {"params": params, "files": files}
-    (tmp / "index.json").write_text(json.dumps(index, indent=2) + "\n")
-
-
-@contextmanager
-def _exclusive_lock(lock_path: Path):
-    """Inter-process lock so concurrent callers generate the set only once.
-
-    Without fcntl (Windows) we rely on the atomic rename alone: concurrent
-    callers may both generate, but nobody trusts a half-written set.
-    """
-    try:
-        import fcntl
-    except ImportError:
-        yield
-        return
-    with open(lock_path, "a") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
-
-
-def _remove_stale_leftovers(root: Path, max_age_s: float = 3600.0) -> None:
-    # Temp dirs of crashed runs. Only old ones: a young one may belong to a live
-    # process on another machine sharing this file system (where flock may not hold).
-    for leftover in root.parent.glob(f".{root.name}.*-*"):
-        if leftover.is_dir() and time.time() - leftover.stat().st_mtime > max_age_s:
-            shutil.rmtree(leftover, ignore_errors=True)
-
-
-def _check_owned(root: Path) -> None:
-    if root.exists():
-        if not root.is_dir():
-            raise ValueError(f"demo dir {root} exists and is not a directory")
-        foreign = sorted(p.name for p in root.iterdir() if p.name not in OWNED_NAMES)
-        if foreign:
-            raise ValueError(
-                f"demo dir {root} holds files that are not part of a demo set ({', '.join(foreign[:5])}); "
-                "refusing to overwrite it: point demo_dir / $ARJEPA_DEMO_DIR at an empty or new directory"
-            )
 
 
 def ensure_demo_videos(
@@ -330,31 +213,11 @@ def ensure_demo_videos(
         # Manifests hold absolute paths, so a moved set must be regenerated.
         "root": str(root),
     }
-    manifests = DemoManifests(train=root / "train.csv", val=root / "val.csv", root=root)
 
-    # Fast path without the lock (a set is only ever swapped in whole), which
-    # also lets a complete set be used from a read-only location.
-    if _is_complete(root, params):
-        return manifests
-    root.parent.mkdir(parents=True, exist_ok=True)
-    with _exclusive_lock(root.parent / f".{root.name}.lock"):
-        if _is_complete(root, params):  # another process made it while we waited
-            return manifests
-        _check_owned(root)
-        _remove_stale_leftovers(root)
+    def generate(tmp: Path) -> None:
         log.info(f"generating demo videos in {root} ({num_train} train + {num_val} val clips, "
                  f"{num_frames} frames of {size}x{size}, seed {seed})")
-        token = f"{os.getpid()}-{secrets.token_hex(4)}"
-        tmp = root.parent / f".{root.name}.tmp-{token}"
-        stale = root.parent / f".{root.name}.stale-{token}"
-        try:
-            tmp.mkdir()
-            _generate(tmp, root, params)
-            # Swap: move any old (damaged / different) set aside, rename the new one in.
-            if root.exists():
-                root.rename(stale)
-            tmp.rename(root)
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
-            shutil.rmtree(stale, ignore_errors=True)
-    return manifests
+        _generate(tmp, root, params)
+
+    ensure_generated(root, params, _expected_files(params), generate, what="demo", env_var="ARJEPA_DEMO_DIR")
+    return DemoManifests(train=root / "train.csv", val=root / "val.csv", root=root)

@@ -3,7 +3,7 @@
 A manifest line may name an image (.jpg, .png, ...: decoded with PyAV, no extra dependency) or a
 video (decord, one frame: random for training, the middle one for evaluation), so the embedded demo
 videos give an image data set with no download. Everything else — manifests, crops, flips,
-normalisation, seeding, the rank-aware ClipSampler, the swappable collate_fn — is the video
+normalisation, seeding, the rank-aware ClipSampler, the objective's collate hook — is the video
 pipeline's, with clips of one frame.
 
 An image folder (ImageNet layout: ROOT/CLASS/IMAGE) is listed once into a manifest:
@@ -23,10 +23,10 @@ from pathlib import Path
 import av
 import numpy as np
 
-from .clips import augment_clips
+from .clip import augment_clips
 from .decoding import BadVideo
-from .video import VideoDataModule
-from .video_clips import VideoClipDataset
+from .datamodules import VideoDataModule
+from .datasets import VideoClipDataset
 
 log = logging.getLogger("arjepa_pl.data")
 

@@ -99,13 +99,9 @@ class SameMasks:
 
 
 class SameMaskData(VideoDataModule):
-    @property
-    def collate_fn(self):
-        return self._collate_fn
-
-    @collate_fn.setter
-    def collate_fn(self, fn):
-        self._collate_fn = SameMasks(fn) if isinstance(fn, MaskCollator) else fn
+    def collate(self):
+        fn = super().collate()
+        return SameMasks(fn) if isinstance(fn, MaskCollator) else fn
 
 
 class KillAt(L.Callback):

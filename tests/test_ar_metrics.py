@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from torchmetrics.text import Perplexity
 
 from arjepa_pl.objectives.ar_metrics import BitsPerUnit, CodeUsage, HorizonMetrics
-from arjepa_pl.objectives.ar_writers import rollout_frames, rollout_strip
+from arjepa_pl.pictures import rollout_frames, rollout_strip
 
 
 def test_uniform_byte_model_is_8_bits_per_byte_and_perplexity_256():

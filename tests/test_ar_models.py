@@ -6,7 +6,7 @@ import torch
 
 from arjepa_pl.models import (ByteGPT, KVCache, PatchKMeans, VisionTransformer, block_causal_mask, next_step_outputs,
                               normalize_patches, patchify, sample_logits, unpatchify)
-from arjepa_pl.models.ar_video import hold_last_frame
+from arjepa_pl.models.patches import hold_last_frame
 from arjepa_pl.models.tokenizer import kmeans_plusplus
 from arjepa_pl.models.vit import MLP
 from arjepa_pl.objectives.ar_video import ARVideo

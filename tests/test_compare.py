@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from arjepa_pl.compare import check_fairness, resolved_config
+from arjepa_pl.evaluation.compare import check_fairness, resolved_config
 from arjepa_pl.evaluation.report import ProbeResult, markdown, summarise, write_report
 
 REPO = Path(__file__).resolve().parents[1]

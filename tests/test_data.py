@@ -9,6 +9,7 @@ from collections import Counter
 import decord
 import numpy as np
 import pytest
+import lightning.pytorch as pl
 import torch
 from torch.utils.data import DataLoader
 
@@ -22,10 +23,10 @@ from data_modules import (
     ensure_demo_videos,
     read_manifest,
 )
-from data_modules import demo_videos
+from data_modules import demo_videos, generated
 from data_modules.demo_videos import CLASS_NAMES, DIRECTION_VECTORS, DIRECTIONS
 from data_modules.transforms import center_crop_box, clip_to_tensor, random_resized_crop_box
-from data_modules.clip_sampling import clip_indices
+from data_modules.frame_indices import clip_indices
 
 TINY = dict(num_train=2, num_val=2, num_frames=8, size=32)  # fastest set for cache tests
 
@@ -107,7 +108,7 @@ def test_demo_regenerated_when_damaged(tmp_path, damage):
         (root / "index.json").unlink()
     ensure_demo_videos(tmp_path / "demo", **TINY)
     assert read_index(root) == good
-    assert video.is_file() and demo_videos._sha256(video) == good["files"][str(video.relative_to(root))]["sha256"]
+    assert video.is_file() and generated.sha256(video) == good["files"][str(video.relative_to(root))]["sha256"]
 
 
 def test_demo_regenerated_when_parameters_change(tmp_path):
@@ -476,10 +477,18 @@ def test_datamodule_with_manifests_and_workers(demo_manifests):
     assert len(list(dm.test_dataloader())) == len(list(dm.predict_dataloader())) == 3
 
 
-def test_datamodule_collate_fn_is_read_when_loaders_are_built(demo_manifests):
+def test_datamodule_collates_with_the_objectives_collate_fn(demo_manifests):
     dm = small_datamodule(train_manifest=str(demo_manifests.train))
     dm.setup("fit")
-    dm.collate_fn = lambda samples: {"n": len(samples)}
+    assert "masks" not in next(iter(dm.train_dataloader()))  # no trainer, no objective: default_collate
+
+    class Objective(pl.LightningModule):
+        def collate_fn(self):
+            return lambda samples: {"n": len(samples)}
+
+    trainer = pl.Trainer(logger=False, enable_checkpointing=False, enable_progress_bar=False)
+    trainer.strategy.connect(Objective())
+    dm.trainer = trainer
     assert next(iter(dm.train_dataloader())) == {"n": 4}
     assert dm.val_dataloader() == []  # user train manifest, no val manifest: no validation
     with pytest.raises(ValueError, match="val_manifest"):

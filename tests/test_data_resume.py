@@ -29,9 +29,9 @@ class Recorder(pl.LightningModule):
         self.linear = torch.nn.Linear(3, 1)
         self.steps = []
 
-    def setup(self, stage):
-        self.trainer.datamodule.collate_fn = MaskCollator([{"num_blocks": 2, "spatial_scale": (0.3, 0.3)}],
-                                                          tubelet_size=2, patch_size=8, seed=0, rank=self.global_rank)
+    def collate_fn(self):
+        return MaskCollator([{"num_blocks": 2, "spatial_scale": (0.3, 0.3)}], tubelet_size=2, patch_size=8,
+                            seed=0, rank=self.global_rank)
 
     def training_step(self, batch, batch_idx):
         masks = batch["masks"][0]

@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from data_modules import BadVideo, ClipOptions, VideoDataModule, WeightedClipSampler, load_clip, read_manifest
-from data_modules.clip_sampling import clip_indices, is_short, resolve_frame_step
-from data_modules.clips import decode_frames
+from data_modules.frame_indices import clip_indices, is_short, resolve_frame_step
+from data_modules.clip import decode_frames
 from data_modules.decoding import decode_size, mp4_frame_size, probe_size
 from data_modules.demo_videos import write_mp4
 from data_modules.transforms import spatial_crop_boxes

@@ -332,7 +332,7 @@ def test_export_command_converts_an_official_checkpoint(tmp_path):
 
 def test_export_main_last_and_options(tmp_path, capsys):
     """In-process: --ckpt_path last --run_dir, --safetensors false, bad arguments."""
-    from arjepa_pl.export import main
+    from arjepa_pl.interop.export import main
 
     checkpoint, sources = official_checkpoint()
     (tmp_path / "run" / "checkpoints").mkdir(parents=True)
@@ -354,7 +354,7 @@ def test_readme_export_commands_parse():
     import re
     import shlex
 
-    from arjepa_pl.export import parser
+    from arjepa_pl.interop.export import parser
 
     section = (REPO / "README.md").read_text().split("### Official checkpoints and export", 1)[1].split("\n## ", 1)[0]
     lines = [line.split("#")[0] for block in re.findall(r"```bash\n(.*?)```", section, re.S) for line in block.splitlines()]

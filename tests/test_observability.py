@@ -15,7 +15,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from arjepa_pl.callbacks import GradNormMonitor, MediaLogger, PerformanceMonitor
 from arjepa_pl.callbacks.grad_norm import total_grad_norm
-from arjepa_pl.callbacks.media import STRIPE_RGB, mask_pictures
+from arjepa_pl.pictures import STRIPE_RGB, mask_pictures
 from arjepa_pl.callbacks.performance import _CPU_ATTENTION, compute_dtype, peak_tflops
 from arjepa_pl.cli import ArJepaCLI
 

@@ -13,9 +13,9 @@ from torch.utils.data import DataLoader
 
 from arjepa_pl.callbacks import OnlineProbe
 from arjepa_pl.evaluation import ProbeTask
-from arjepa_pl.masks import MaskCollator
 from arjepa_pl.models import FeatureExtractor, VisionTransformer
 from arjepa_pl.objectives import JEPA
+from data_modules.datamodules import objective_collate_fn
 from tests.dist_helpers import cli_env
 
 REPO = Path(__file__).resolve().parents[1]
@@ -109,15 +109,13 @@ def tiny_jepa() -> JEPA:
 
 
 class Clips(L.LightningDataModule):
-    """Random labelled clips; JEPA sets the mask collator as `collate_fn`."""
-
-    collate_fn = None
+    """Random labelled clips, collated with the objective's collate_fn() (JEPA's masks)."""
 
     def train_dataloader(self):
         g = torch.Generator().manual_seed(0)
         samples = [{"video": torch.randn(3, 4, 16, 16, generator=g), "label": i % 12, "index": i, "epoch": 0,
                     "position": 0} for i in range(16)]
-        return DataLoader(samples, batch_size=4, collate_fn=self.collate_fn)
+        return DataLoader(samples, batch_size=4, collate_fn=objective_collate_fn(self.trainer))
 
 
 def test_the_objective_trains_bit_identically_with_and_without_the_probe(tmp_path):

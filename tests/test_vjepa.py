@@ -3,12 +3,13 @@
 import lightning.pytorch as L
 import pytest
 import torch
-from torch.utils.data import DataLoader, Dataset, default_collate
+from torch.utils.data import DataLoader, Dataset
 
 from arjepa_pl import schedules
 from arjepa_pl.masks import MaskConfig
 from arjepa_pl.models import VisionTransformer
 from arjepa_pl.objectives import VJEPA
+from data_modules.datamodules import objective_collate_fn
 
 
 class RandomClips(Dataset):
@@ -21,14 +22,10 @@ class RandomClips(Dataset):
 
 
 class RandomClipData(L.LightningDataModule):
-    """Stands in for VideoDataModule: anything with a `collate_fn` the objective can replace."""
-
-    def __init__(self):
-        super().__init__()
-        self.collate_fn = default_collate
+    """Stands in for VideoDataModule: collates with the objective's collate_fn(), as data modules must."""
 
     def train_dataloader(self):
-        return DataLoader(RandomClips(), batch_size=4, collate_fn=self.collate_fn)
+        return DataLoader(RandomClips(), batch_size=4, collate_fn=objective_collate_fn(self.trainer))
 
 
 def tiny_vjepa(**kw) -> VJEPA:

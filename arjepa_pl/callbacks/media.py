@@ -17,7 +17,6 @@ under no_grad and the trainer's precision, on every rank (so sharded models work
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 from typing import Optional, Sequence
 
@@ -27,74 +26,8 @@ import torch
 from lightning_utilities.core.apply_func import apply_to_collection
 from lightning.pytorch.loggers import WandbLogger
 
-STRIPE_RGB = np.array([40.0, 110.0, 255.0], dtype=np.float32)
-MASK_CAPTION = "context tokens as the encoder sees them; target tokens grey with blue stripes; the rest dark"
-
-
-def unnormalise(video: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> np.ndarray:
-    """Normalised clips [B, C, T, H, W] -> uint8 RGB frames [B, T, H, W, C]."""
-    shape = (1, -1, 1, 1, 1)
-    x = video.detach().float().cpu() * torch.tensor(std).view(shape) + torch.tensor(mean).view(shape)
-    return (x.clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 4, 1).numpy()
-
-
-def tile(frames: np.ndarray, gap: int = 2) -> np.ndarray:
-    """[rows, cols, H, W, 3] -> one [rows*(H+gap)-gap, cols*(W+gap)-gap, 3] picture on white."""
-    rows, cols, h, w, c = frames.shape
-    out = np.full((rows * (h + gap) - gap, cols * (w + gap) - gap, c), 255, dtype=np.uint8)
-    for r in range(rows):
-        for k in range(cols):
-            out[r * (h + gap):r * (h + gap) + h, k * (w + gap):k * (w + gap) + w] = frames[r, k]
-    return out
-
-
-def mask_pictures(
-    video: torch.Tensor,
-    masks: Sequence[dict],
-    tubelet_size: int,
-    patch_size: int,
-    mean: Optional[Sequence[float]] = None,
-    std: Optional[Sequence[float]] = None,
-    num_frames: int = 4,
-    min_size: int = 128,
-) -> dict[str, np.ndarray]:
-    """One picture per mask configuration, `masks<i>`: a row per clip, `num_frames` frames spread over
-    the clip: context tokens as they are, target tokens grey with blue stripes (visible on any colour),
-    tokens in neither (dropped to give every clip of the batch the same count) dark.
-
-    Args:
-        video: normalised clips [B, C, T, H, W].
-        masks: per configuration {"context": [B, Kc], "target": [B, Kt]} flat indices into the
-            (T / tubelet_size, H / patch_size, W / patch_size) token grid.
-        mean, std: the data's normalisation (default ImageNet's).
-        min_size: frames are enlarged (nearest neighbour) to at least this many pixels high.
-    """
-    from data_modules.transforms import IMAGENET_MEAN, IMAGENET_STD  # here: the video libraries load lazily
-
-    rgb = unnormalise(video, mean or IMAGENET_MEAN, std or IMAGENET_STD)  # [B, T, H, W, 3]
-    B, T, H, W, _ = rgb.shape
-    grid = (T // tubelet_size, H // patch_size, W // patch_size)
-    times = np.unique(np.linspace(0, T - 1, min(num_frames, T)).round().astype(int))
-    scale = max(1, math.ceil(min_size / H))
-    stripes = (np.arange(H)[:, None] + np.arange(W)[None, :]) % 6 < 2  # [H, W] diagonal hatching
-    pictures = {}
-    for i, mask in enumerate(masks):
-        frames = rgb[:, times].astype(np.float32)  # [B, F, H, W, 3]
-        for b in range(B):
-            labels = np.zeros(math.prod(grid), dtype=np.uint8)  # 0 neither, 1 context, 2 target
-            labels[mask["context"][b].cpu().numpy()] = 1
-            labels[mask["target"][b].cpu().numpy()] = 2
-            labels = labels.reshape(grid)[times // tubelet_size]  # [F, H', W'] tokens of the shown frames
-            pixels = labels.repeat(patch_size, axis=1).repeat(patch_size, axis=2)[:, :H, :W]
-            f = frames[b]  # a view: edited in place
-            target = pixels == 2
-            f[target] = 0.7 * f[target].mean(-1, keepdims=True)
-            f[target & stripes] = STRIPE_RGB
-            f[pixels == 0] *= 0.25
-        frames = frames.round().astype(np.uint8).repeat(scale, axis=2).repeat(scale, axis=3)
-        pictures[f"masks{i}"] = tile(frames)
-    return pictures
-
+from arjepa_pl.pictures import MASK_CAPTION, mask_pictures
+from arjepa_pl.video_io import write_mp4
 
 def as_media(name: str, array) -> np.ndarray:
     """A picture [H, W, 3] or video [T, H, W, 3] as uint8, or a ValueError naming `name`."""
@@ -115,8 +48,6 @@ def write_media(media: dict, dirpath: str | Path, step: int, loggers: Sequence =
                 captions: Optional[dict[str, str]] = None) -> list[Path]:
     """Write `media` to `dirpath/stepNNNNNN/<name>.png|.mp4` and log them to the WandbLoggers in `loggers`."""
     from PIL import Image
-
-    from data_modules.demo_videos import write_mp4
 
     folder = Path(dirpath) / f"step{step:06d}"
     folder.mkdir(parents=True, exist_ok=True)

@@ -28,7 +28,7 @@ from torch.distributed.tensor import DTensor
 
 from arjepa_pl.evaluation.multiview import flatten_views
 from arjepa_pl.evaluation.tasks import ProbeTask, as_tasks
-from arjepa_pl.objectives.pretrain import decay_groups
+from arjepa_pl.optim import decay_groups
 
 
 class OnlineProbe(L.Callback):

@@ -22,12 +22,12 @@ from torchmetrics.classification import MulticlassAccuracy
 from arjepa_pl.evaluation.multiview import average_view_probabilities, flatten_views
 from arjepa_pl.evaluation.tasks import ProbeTask, as_tasks
 from arjepa_pl.models import AttentiveClassifier, FeatureExtractor, LinearClassifier, VisionTransformer
-from arjepa_pl.objectives.pretrain import PretrainObjective
+from arjepa_pl.optim import ScheduledModule
 
 log = logging.getLogger("arjepa_pl.probe")
 
 
-class Probe(PretrainObjective):
+class Probe(ScheduledModule):
     """Attentive or linear probes on a frozen encoder, for one or more label tasks and encoder layers.
 
     Metrics: `val/<task>/l<layer>/top1` (and `/top5` for tasks of more than 5 classes) with `layer` the
@@ -48,7 +48,7 @@ class Probe(PretrainObjective):
         num_heads: attentive probe heads (default: the encoder's).
         lr / start_lr / final_lr / warmup_steps / weight_decay / final_weight_decay: the probe's AdamW
             schedule (V-JEPA's protocol: lr 1e-3, cosine, weight decay 0.01).
-        optim_args: betas, eps, total_steps, ..., see PretrainObjective.
+        optim_args: betas, eps, total_steps, parallelism: see arjepa_pl.optim.ScheduledModule.
     """
 
     def __init__(

@@ -12,8 +12,9 @@ import dataclasses
 from collections.abc import Mapping, Sequence
 from typing import Union
 
-import torch
 from torch.utils.data import default_collate
+
+from arjepa_pl.models.patches import token_grid
 
 from .multiblock2d import MultiBlock2DConfig
 from .multiblock3d import MaskConfig, mask_rng
@@ -70,20 +71,7 @@ class MaskCollator:
 
     def grid(self, shape: Sequence[int]) -> tuple[int, ...]:
         """Token grid of a batch: (T', H', W') for clips [B, C, T, H, W], (H', W') for images [B, C, H, W]."""
-        if len(shape) == 4:
-            H, W = (int(s) for s in shape[-2:])
-            if H % self.patch_size or W % self.patch_size:
-                raise ValueError(f"image of H={H}, W={W} does not divide into {self.patch_size}x{self.patch_size} "
-                                 f"patches: H and W must be multiples of {self.patch_size}")
-            return H // self.patch_size, W // self.patch_size
-        T, H, W = (int(s) for s in shape[-3:])
-        if T % self.tubelet_size or H % self.patch_size or W % self.patch_size:
-            raise ValueError(
-                f"video of T={T}, H={H}, W={W} does not divide into tubelets of {self.tubelet_size} "
-                f"frames and {self.patch_size}x{self.patch_size} patches: T must be a multiple of "
-                f"{self.tubelet_size} and H, W multiples of {self.patch_size}"
-            )
-        return T // self.tubelet_size, H // self.patch_size, W // self.patch_size
+        return token_grid(shape, self.tubelet_size, self.patch_size, video=len(shape) == 5)
 
     def __call__(self, samples: list[dict]) -> dict:
         batch = default_collate(samples)

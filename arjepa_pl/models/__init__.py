@@ -1,6 +1,7 @@
 """Plain nn.Modules: no Lightning, no distributed code."""
 
-from arjepa_pl.models.ar_video import block_causal_mask, next_step_outputs, normalize_patches, patchify, unpatchify
+from arjepa_pl.models.next_step import block_causal_mask, next_step_outputs
+from arjepa_pl.models.patches import normalize_patches, patchify, token_grid, unpatchify
 from arjepa_pl.models.features import FeatureExtractor
 from arjepa_pl.models.gpt import ByteGPT
 from arjepa_pl.models.pos_embed import sincos_pos_embed
@@ -12,4 +13,4 @@ from arjepa_pl.models.vit import MLP, VIT_PRESETS, Block, KVCache, VisionTransfo
 
 __all__ = ["MLP", "AttentiveClassifier", "AttentivePooler", "LinearClassifier", "VIT_PRESETS", "Block", "ByteGPT", "FeatureExtractor", "JepaPredictor", "KVCache", "PatchKMeans", "VisionTransformer",
            "block_causal_mask", "gather_tokens", "next_step_outputs", "normalize_patches", "patchify", "sample_logits",
-           "sincos_pos_embed", "tokenize_clip", "unpatchify"]
+           "sincos_pos_embed", "token_grid", "tokenize_clip", "unpatchify"]

@@ -13,7 +13,7 @@ from typing import Optional, Sequence
 import torch
 from torch import nn
 
-from arjepa_pl.models.ar_video import block_causal_mask
+from arjepa_pl.models.next_step import block_causal_mask
 from arjepa_pl.models.tokenizer import PatchKMeans, tokenize_clip
 from arjepa_pl.models.vit import VisionTransformer
 

@@ -10,7 +10,7 @@ from typing import Optional
 import torch
 from torch import nn
 
-from arjepa_pl.models.ar_video import block_causal_mask
+from arjepa_pl.models.next_step import block_causal_mask
 from arjepa_pl.models.pos_embed import sincos_1d
 from arjepa_pl.models.sampling import sample_logits
 from arjepa_pl.models.vit import Block, KVCache, init_transformer_weights

@@ -13,7 +13,7 @@ from typing import Optional
 import torch
 from torch import nn
 
-from arjepa_pl.models.ar_video import patchify, unpatchify
+from arjepa_pl.models.patches import patchify, unpatchify
 
 
 def nearest(x: torch.Tensor, centres: torch.Tensor, chunk: int = 8192) -> tuple[torch.Tensor, torch.Tensor]:

@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from arjepa_pl.models.patches import token_grid
 from arjepa_pl.models.pos_embed import sincos_pos_embed
 
 # Sizes from the ViT / V-JEPA papers (width, depth, heads).
@@ -187,20 +188,9 @@ class VisionTransformer(nn.Module):
         self.norm = nn.LayerNorm(self.embed_dim, eps=norm_eps)
         init_transformer_weights(self, self.blocks)
 
-    def token_grid(self, shape: torch.Size) -> tuple[int, ...]:
-        """Token grid (T', H', W') or (H', W') of an input of `shape`, checking divisibility."""
-        spatial = tuple(shape[-2:])
-        if self.video:
-            if len(shape) != 5:
-                raise ValueError(f"video encoder expects [B, C, T, H, W], got {tuple(shape)}")
-            dims, sizes = (shape[2],) + spatial, (self.tubelet_size, self.patch_size, self.patch_size)
-        else:
-            if len(shape) != 4:
-                raise ValueError(f"image encoder expects [B, C, H, W], got {tuple(shape)}")
-            dims, sizes = spatial, (self.patch_size, self.patch_size)
-        if any(d % s for d, s in zip(dims, sizes)):
-            raise ValueError(f"input size {tuple(dims)} is not divisible by patch size {sizes}")
-        return tuple(d // s for d, s in zip(dims, sizes))
+    def token_grid(self, shape: Sequence[int]) -> tuple[int, ...]:
+        """Token grid (T', H', W') or (H', W') of an input of `shape`, checking that it tiles."""
+        return token_grid(shape, self.tubelet_size, self.patch_size, self.video)
 
     def embed(self, x: torch.Tensor) -> torch.Tensor:
         """Patchify and add positions: [B, C, (T,) H, W] -> [B, N, D]."""

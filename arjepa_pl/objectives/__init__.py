@@ -1,6 +1,9 @@
 """LightningModules: each holds one training objective over plain nn.Module networks."""
 
-from arjepa_pl.objectives.pretrain import PretrainObjective
 from arjepa_pl.objectives.vjepa import JEPA, VJEPA
+from arjepa_pl.optim import ScheduledModule
 
-__all__ = ["PretrainObjective", "JEPA", "VJEPA"]
+# The base's name before it was also the probes' base; kept for code that imports it.
+PretrainObjective = ScheduledModule
+
+__all__ = ["JEPA", "VJEPA", "PretrainObjective", "ScheduledModule"]

@@ -13,18 +13,17 @@ from torchmetrics.text import Perplexity
 
 from arjepa_pl.models import ByteGPT
 from arjepa_pl.objectives.ar_metrics import BitsPerUnit
-from arjepa_pl.objectives.pretrain import PretrainObjective
+from arjepa_pl.optim import ScheduledModule
 
 
-class ARText(PretrainObjective):
+class ARText(ScheduledModule):
     """Next-byte cross-entropy.
 
     Args:
         model: the byte-level GPT.
         max_new_bytes / temperature / top_k: how `predict` samples (temperature 0 = greedy).
         sample_seed: seed of the sampling generator, so a predict run is reproducible.
-        optim_args: optimiser and schedules (lr, start_lr, final_lr, warmup_steps, weight_decay,
-            final_weight_decay, betas, eps, total_steps), see PretrainObjective.
+        optim_args: the optimiser, its schedules and parallelism: see arjepa_pl.optim.ScheduledModule.
     """
 
     def __init__(

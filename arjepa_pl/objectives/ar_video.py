@@ -1,6 +1,6 @@
 """Autoregressive video: predict the next step (tubelet) of a clip from all the steps before it.
 
-The backbone is the V-JEPA VisionTransformer itself under a block-causal mask (models/ar_video.py):
+The backbone is the V-JEPA VisionTransformer itself under a block-causal mask (arjepa_pl.models.next_step):
 same code, same sizes, same data, so AR and JEPA runs differ only in the objective. ARVideo regresses
 the next step's pixels with L2 (AIM-style); ARVideoTokens (ar_video_tokens.py) predicts discrete
 patch codes with cross-entropy. Both generate rollouts in `predict`.
@@ -14,14 +14,14 @@ import torch.nn.functional as F
 from lightning.pytorch.utilities import rank_zero_warn
 
 from arjepa_pl.models import MLP, FeatureExtractor, KVCache, VisionTransformer, next_step_outputs, normalize_patches, patchify, unpatchify
-from arjepa_pl.models.ar_video import hold_last_frame
+from arjepa_pl.models.patches import hold_last_frame
 from arjepa_pl.models.vit import init_transformer_weights
-from arjepa_pl.objectives.ar_writers import rollout_frames, rollout_strip
-from arjepa_pl.objectives.pretrain import PretrainObjective
+from arjepa_pl.pictures import rollout_frames, rollout_strip
+from arjepa_pl.optim import ScheduledModule
 from data_modules.transforms import IMAGENET_MEAN, IMAGENET_STD
 
 
-class NextStepObjective(PretrainObjective):
+class NextStepObjective(ScheduledModule):
     """What the pixel and the token objectives share: the encoder + MLP head under the block-causal
     mask, the loss window, rollouts and predict_step. Subclasses define `step_loss`, `model_input`
     and `next_step_patches`, and call `self.save_init_args()` in their own __init__.
@@ -34,7 +34,7 @@ class NextStepObjective(PretrainObjective):
             inside the prefix are left out of the loss.
         rollout_context_frames: frames given as context to `predict` rollouts; the rest of the clip
             is generated and compared with the truth.
-        optim_args: optimiser and schedules, see PretrainObjective.
+        optim_args: the optimiser, its schedules and parallelism: see arjepa_pl.optim.ScheduledModule.
     """
 
     def __init__(self, encoder: VisionTransformer, out_dim: int, head_hidden: Optional[int], prefix_steps: int,
@@ -145,7 +145,7 @@ class NextStepObjective(PretrainObjective):
 
     def predict_step(self, batch: dict, batch_idx: int) -> dict:
         """A rollout from the first `rollout_context_frames` frames, in [0, 1] pixels, for a writer
-        (objectives/ar_writers.py: RolloutWriter) to save and score."""
+        (arjepa_pl.callbacks.RolloutWriter) to save and score."""
         video, c = batch["video"], self.rollout_context_frames
         prediction = self.rollout(video, c)
         return {"context": self.to_pixels(video[:, :, :c]), "prediction": self.to_pixels(prediction),
@@ -182,8 +182,7 @@ class ARVideo(NextStepObjective):
             itself (prediction = last frame + output), so an untrained head starts at copy-last-frame.
         prefix_steps: bidirectional prefix of k steps, left out of the loss.
         rollout_context_frames: context frames of `predict` rollouts.
-        optim_args: optimiser and schedules (lr, start_lr, final_lr, warmup_steps, weight_decay,
-            final_weight_decay, betas, eps, total_steps), see PretrainObjective.
+        optim_args: the optimiser, its schedules and parallelism: see arjepa_pl.optim.ScheduledModule.
     """
 
     def __init__(

@@ -39,8 +39,7 @@ class ARVideoTokens(NextStepObjective):
         tokenizer_seed: seed of the k-means++ draws.
         temperature / top_k: how rollouts draw codes (temperature 0 = the most likely code).
         head_hidden, prefix_steps, rollout_context_frames: see NextStepObjective.
-        optim_args: optimiser and schedules (lr, start_lr, final_lr, warmup_steps, weight_decay,
-            final_weight_decay, betas, eps, total_steps), see PretrainObjective.
+        optim_args: the optimiser, its schedules and parallelism: see arjepa_pl.optim.ScheduledModule.
     """
 
     def __init__(

@@ -19,10 +19,10 @@ from arjepa_pl import schedules
 from arjepa_pl.feature_stats import vicreg_covariance, vicreg_variance
 from arjepa_pl.masks import IJEPA_DEFAULT_MASKS, VJEPA_DEFAULT_MASKS, AnyMaskConfig, MaskCollator, MultiBlock2DConfig, as_mask_config
 from arjepa_pl.models import FeatureExtractor, JepaPredictor, VisionTransformer, gather_tokens
-from arjepa_pl.objectives.pretrain import PretrainObjective
+from arjepa_pl.optim import ScheduledModule
 
 
-class JEPA(PretrainObjective):
+class JEPA(ScheduledModule):
     """Context encoder + predictor trained by gradient; target encoder = EMA of the context encoder.
 
     Args:
@@ -45,9 +45,7 @@ class JEPA(PretrainObjective):
             added to the loss (0 = off, the default), computed on `vicreg_features`.
         vicreg_features: which features the VICReg terms regularise: "predicted" (the predictor's
             outputs) and/or "context" (the context encoder's outputs).
-        optim_args: optimiser, schedules and parallelism (lr, start_lr, final_lr, warmup_steps,
-            weight_decay, final_weight_decay, betas, eps, total_steps, activation_checkpointing,
-            compile), see PretrainObjective.
+        optim_args: the optimiser, its schedules and parallelism: see arjepa_pl.optim.ScheduledModule.
     """
 
     def __init__(
@@ -67,7 +65,7 @@ class JEPA(PretrainObjective):
         vicreg_features: Sequence[Literal["predicted", "context"]] = ("predicted",),
         **optim_args,
     ):
-        # jsonargparse resolves **optim_args from PretrainObjective's signature: the same typed CLI
+        # jsonargparse resolves **optim_args from ScheduledModule's signature: the same typed CLI
         # keys (lr, warmup_steps, compile, ...), and a mistyped one is still an error.
         super().__init__(**optim_args)
         if masks is None:
@@ -119,13 +117,13 @@ class JEPA(PretrainObjective):
         return FeatureExtractor(self.teacher_encoder)
 
     # -- data: the masks are drawn in the DataLoader workers, at collate time --------------------
-    def setup(self, stage: str) -> None:
-        datamodule = self.trainer.datamodule if self._trainer is not None else None
-        if datamodule is None or not hasattr(datamodule, "collate_fn"):
-            raise ValueError("JEPA draws its masks at collate time: use a datamodule with a `collate_fn` "
-                             "attribute (e.g. data_modules.VideoDataModule or data_modules.FrameDataModule)")
-        datamodule.collate_fn = MaskCollator(self.masks, self.encoder.tubelet_size, self.encoder.patch_size,
-                                             seed=self.mask_seed, rank=self.global_rank, input_key=self.input_key)
+    def collate_fn(self) -> MaskCollator:
+        """The collate function this objective's batches need: it stacks the samples and draws one set of
+        masks per configuration, seeded from (mask_seed, rank, epoch, batch position). The data modules
+        ask for it when they build their loaders (data_modules.datamodules.objective_collate_fn), so the
+        masks are made in the DataLoader workers, overlapping the training step."""
+        return MaskCollator(self.masks, self.encoder.tubelet_size, self.encoder.patch_size,
+                            seed=self.mask_seed, rank=self.global_rank, input_key=self.input_key)
 
     def _input(self, batch: dict) -> torch.Tensor:
         if self.input_key not in batch:
@@ -145,7 +143,8 @@ class JEPA(PretrainObjective):
         x, masks = self._input(batch), batch.get("masks")
         if not masks or len(masks) != len(self.masks):
             raise ValueError(f"batch must carry {len(self.masks)} mask configurations under 'masks' "
-                             f"(got {0 if not masks else len(masks)}); is the MaskCollator in place?")
+                             f"(got {0 if not masks else len(masks)}): the data module must collate with the objective's "
+                             "collate_fn(), as data_modules' modules do (data_modules.datamodules.objective_collate_fn)")
         grid = self.encoder.token_grid(x.shape)
         with torch.no_grad():
             targets = self.teacher_encoder(x)

@@ -10,7 +10,7 @@ import numpy as np
 from torch.utils.data import Dataset
 
 from .bad_samples import BadSampleGuard
-from .clips import ClipOptions, load_clip
+from .clip import ClipOptions, load_clip
 from .manifest import read_manifest
 
 REPLACE = 0x5EED  # a fourth seed word: replacement draws never collide with augmentation draws

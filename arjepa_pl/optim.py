@@ -1,5 +1,6 @@
-"""What every pretraining objective shares: AdamW with V-JEPA's parameter groups and per-step LR,
-weight-decay schedules that resume exactly, and checkpoints free of pickled modules."""
+"""The optimisation every trained LightningModule here shares, objectives and probes alike: AdamW with
+V-JEPA's parameter groups, per-step learning-rate and weight-decay schedules that resume exactly,
+parallelism as configuration, and checkpoints free of pickled modules."""
 
 import inspect
 import warnings
@@ -24,8 +25,8 @@ def decay_groups(module: nn.Module) -> tuple[list[nn.Parameter], list[nn.Paramet
     return decay, no_decay
 
 
-class PretrainObjective(L.LightningModule):
-    """Base LightningModule: optimiser, schedules and hyper-parameter bookkeeping.
+class ScheduledModule(L.LightningModule):
+    """The base of every objective and probe: AdamW on per-step schedules, parallelism, hyper-parameters.
 
     Subclasses call `self.save_init_args()` first in their __init__, build their networks as direct
     children (attributes) of the module, and implement training_step / validation_step.
@@ -34,6 +35,10 @@ class PretrainObjective(L.LightningModule):
     arjepa_pl.parallel): `activation_checkpointing` and `compile` per transformer block, and FSDP2
     when the strategy provides a device mesh (arjepa_pl.strategies.FSDP2Strategy or Lightning's
     ModelParallelStrategy).
+
+    These arguments are the `**optim_args` every subclass takes and passes on (jsonargparse reads them
+    from this signature, so they are typed CLI keys, e.g. `--model.init_args.lr 1e-3`, and a mistyped
+    one is an error). This is their only documentation.
 
     Args:
         lr / start_lr / final_lr / warmup_steps: linear warm-up start_lr -> lr, then cosine to final_lr.

@@ -13,9 +13,11 @@ from dataclasses import dataclass, fields
 import numpy as np
 import torch
 
-from .clip_sampling import clip_indices, is_short, resolve_frame_step
+from .frame_indices import clip_indices, is_short, resolve_frame_step
 from .decoding import BadVideo, check_file, check_size, open_reader, read_frames
-from .transforms import IMAGENET_MEAN, IMAGENET_STD, clip_to_tensor, random_resized_crop_box, spatial_crop_boxes
+from arjepa_pl.normalization import IMAGENET_MEAN, IMAGENET_STD
+
+from .transforms import clip_to_tensor, random_resized_crop_box, spatial_crop_boxes
 
 SHORT_VIDEO_POLICIES = ("pad", "skip")
 

@@ -6,20 +6,36 @@ from __future__ import annotations
 import logging
 import sys
 from pathlib import Path
-from typing import Literal
+from typing import Any, Callable, Literal
 
 import lightning.pytorch as pl
 from torch.utils.data import DataLoader, Dataset, default_collate
 
+from arjepa_pl.normalization import IMAGENET_MEAN, IMAGENET_STD
+
 from .bad_samples import SkippedVideosReport
-from .clips import ClipOptions
+from .clip import ClipOptions
 from .demo_videos import default_demo_dir, ensure_demo_videos
 from .resumable import ResumableDataLoader
 from .samplers import ClipSampler, WeightedClipSampler
-from .transforms import IMAGENET_MEAN, IMAGENET_STD
-from .video_clips import VideoClipDataset
+from .datasets import VideoClipDataset
 
 log = logging.getLogger("arjepa_pl.data")
+
+
+def objective_collate_fn(trainer: pl.Trainer | None) -> Callable[[list], Any]:
+    """The collate function of every loader: the LightningModule's `collate_fn()` when it defines one,
+    else default_collate.
+
+    This is the one hook between an objective and the data. An objective that needs per-batch work
+    done in the DataLoader workers returns that function from `collate_fn()` (JEPA draws its masks
+    there, so they cost nothing on the training step); the data module asks for it each time it
+    builds a loader, when the objective knows its rank. The data code never imports a model.
+    """
+    module = trainer.lightning_module if trainer is not None else None
+    make = getattr(module, "collate_fn", None)
+    collate = make() if callable(make) else None
+    return collate if collate is not None else default_collate
 
 
 class ClipDataModule(pl.LightningDataModule):
@@ -121,9 +137,6 @@ class ClipDataModule(pl.LightningDataModule):
         self.drop_last = drop_last
         self.report_skipped = report_skipped
 
-        # Public on purpose: the training objective swaps in its mask collator
-        # before the loaders are built, so the loaders read it at call time.
-        self.collate_fn = default_collate
         self.train_dataset: Dataset | None = None
         self.val_dataset: Dataset | None = None
         self.world_size, self.rank = 1, 0
@@ -136,11 +149,15 @@ class ClipDataModule(pl.LightningDataModule):
                 # First, so its count is updated before a checkpoint callback saves it.
                 callbacks.insert(0, SkippedVideosReport())
 
+    def collate(self) -> Callable[[list], Any]:
+        """How the loaders turn samples into a batch: see `objective_collate_fn`."""
+        return objective_collate_fn(self.trainer)
+
     def _loader_args(self) -> dict:
         workers = self.num_workers > 0
         return dict(
             num_workers=self.num_workers,
-            collate_fn=self.collate_fn,  # read now: the objective may have replaced it
+            collate_fn=self.collate(),
             pin_memory=self.pin_memory,
             # fork starts workers in milliseconds; it is safe because the datasets open no decord
             # reader before the fork (decord #294).
