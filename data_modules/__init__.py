@@ -7,6 +7,8 @@ Knows nothing of models: batches are dicts {"video": [B, 3, T, S, S], "label", "
 
 from .bad_samples import BadSampleGuard, SkippedVideosReport, TooManyBadVideos
 from .clip import ClipOptions, load_clip
+from .datamodules import ClipDataModule, VideoDataModule
+from .datasets import VideoClipDataset
 from .decoding import BadVideo
 from .demo_videos import DemoManifests, default_demo_dir, ensure_demo_videos
 from .frames import FrameDataModule, FrameDataset
@@ -14,9 +16,7 @@ from .manifest import read_manifest
 from .resumable import ResumableDataLoader
 from .samplers import ClipSampler, WeightedClipSampler
 from .shards import pack, read_shard_set
-from .datamodules import ClipDataModule, VideoDataModule
 from .streaming import ShardClipStream, StreamingVideoDataModule
-from .datasets import VideoClipDataset
 
 __all__ = [
     "VideoDataModule",

@@ -13,10 +13,10 @@ from dataclasses import dataclass, fields
 import numpy as np
 import torch
 
-from .frame_indices import clip_indices, is_short, resolve_frame_step
-from .decoding import BadVideo, check_file, check_size, open_reader, read_frames
 from arjepa_pl.normalization import IMAGENET_MEAN, IMAGENET_STD
 
+from .decoding import BadVideo, check_file, check_size, open_reader, read_frames
+from .frame_indices import clip_indices, is_short, resolve_frame_step
 from .transforms import clip_to_tensor, random_resized_crop_box, spatial_crop_boxes
 
 SHORT_VIDEO_POLICIES = ("pad", "skip")

@@ -15,10 +15,10 @@ from arjepa_pl.normalization import IMAGENET_MEAN, IMAGENET_STD
 
 from .bad_samples import SkippedVideosReport
 from .clip import ClipOptions
+from .datasets import VideoClipDataset
 from .demo_videos import default_demo_dir, ensure_demo_videos
 from .resumable import ResumableDataLoader
 from .samplers import ClipSampler, WeightedClipSampler
-from .datasets import VideoClipDataset
 
 log = logging.getLogger("arjepa_pl.data")
 

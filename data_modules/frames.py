@@ -24,9 +24,9 @@ import av
 import numpy as np
 
 from .clip import augment_clips
-from .decoding import BadVideo
 from .datamodules import VideoDataModule
 from .datasets import VideoClipDataset
+from .decoding import BadVideo
 
 log = logging.getLogger("arjepa_pl.data")
 

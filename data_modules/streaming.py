@@ -31,11 +31,11 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from .bad_samples import BadSampleGuard
 from .clip import ClipOptions, load_clip
+from .datamodules import ClipDataModule
 from .decoding import BadVideo
 from .resumable import ResumableDataLoader
 from .samplers import MIX, check_mixture
 from .shards import ShardSet, read_shard, read_shard_set, sample_video
-from .datamodules import ClipDataModule
 
 log = logging.getLogger("arjepa_pl.data")
 

@@ -23,11 +23,12 @@ from typing import Optional, Sequence
 import lightning.pytorch as L
 import numpy as np
 import torch
-from lightning_utilities.core.apply_func import apply_to_collection
 from lightning.pytorch.loggers import WandbLogger
+from lightning_utilities.core.apply_func import apply_to_collection
 
 from arjepa_pl.pictures import MASK_CAPTION, mask_pictures
 from arjepa_pl.video_io import write_mp4
+
 
 def as_media(name: str, array) -> np.ndarray:
     """A picture [H, W, 3] or video [T, H, W, 3] as uint8, or a ValueError naming `name`."""

@@ -19,6 +19,7 @@ from arjepa_pl.objectives.ar_metrics import HorizonMetrics
 from arjepa_pl.pictures import rollout_frames, rollout_strip
 from arjepa_pl.video_io import write_mp4
 
+
 def _run_dir(trainer, output_dir: Optional[str], name: str) -> Path:
     path = Path(output_dir) if output_dir else Path(trainer.default_root_dir) / name
     path.mkdir(parents=True, exist_ok=True)

@@ -25,7 +25,12 @@ export; `python -m arjepa_pl export`).
 
 from arjepa_pl.interop.export import export_feature_extractor, save_feature_extractor
 from arjepa_pl.interop.load import load_feature_extractor, read_feature_extractor
-from arjepa_pl.interop.official import encoder_from_official, halves_swapped, infer_encoder_config, permute_residual_channels
+from arjepa_pl.interop.official import (
+           encoder_from_official,
+           halves_swapped,
+           infer_encoder_config,
+           permute_residual_channels,
+)
 from arjepa_pl.interop.weights import WHICH, InteropError, strip_prefixes
 
 __all__ = ["WHICH", "InteropError", "encoder_from_official", "export_feature_extractor", "halves_swapped",

@@ -8,9 +8,17 @@ from typing import Any, Optional, Union
 
 import torch
 
-from arjepa_pl.interop.native import (FORMAT, VERSION, check_export_which, from_spec, load_lightning, load_safetensors,
-                                       load_sharded, torch_load)
-from arjepa_pl.interop.official import official_encoder_entry, encoder_from_official
+from arjepa_pl.interop.native import (
+    FORMAT,
+    VERSION,
+    check_export_which,
+    from_spec,
+    load_lightning,
+    load_safetensors,
+    load_sharded,
+    torch_load,
+)
+from arjepa_pl.interop.official import encoder_from_official, official_encoder_entry
 from arjepa_pl.interop.weights import WHICH, InteropError, frozen, strip_prefixes
 from arjepa_pl.models import FeatureExtractor
 

@@ -1,9 +1,9 @@
 """Plain nn.Modules: no Lightning, no distributed code."""
 
-from arjepa_pl.models.next_step import block_causal_mask, next_step_outputs
-from arjepa_pl.models.patches import normalize_patches, patchify, token_grid, unpatchify
 from arjepa_pl.models.features import FeatureExtractor
 from arjepa_pl.models.gpt import ByteGPT
+from arjepa_pl.models.next_step import block_causal_mask, next_step_outputs
+from arjepa_pl.models.patches import normalize_patches, patchify, token_grid, unpatchify
 from arjepa_pl.models.pos_embed import sincos_pos_embed
 from arjepa_pl.models.predictor import JepaPredictor
 from arjepa_pl.models.probes import AttentiveClassifier, AttentivePooler, LinearClassifier

@@ -13,11 +13,20 @@ import torch
 import torch.nn.functional as F
 from lightning.pytorch.utilities import rank_zero_warn
 
-from arjepa_pl.models import MLP, FeatureExtractor, KVCache, VisionTransformer, next_step_outputs, normalize_patches, patchify, unpatchify
+from arjepa_pl.models import (
+    MLP,
+    FeatureExtractor,
+    KVCache,
+    VisionTransformer,
+    next_step_outputs,
+    normalize_patches,
+    patchify,
+    unpatchify,
+)
 from arjepa_pl.models.patches import hold_last_frame
 from arjepa_pl.models.vit import init_transformer_weights
-from arjepa_pl.pictures import rollout_frames, rollout_strip
 from arjepa_pl.optim import ScheduledModule
+from arjepa_pl.pictures import rollout_frames, rollout_strip
 from data_modules.transforms import IMAGENET_MEAN, IMAGENET_STD
 
 

@@ -17,7 +17,14 @@ import torch.nn.functional as F
 
 from arjepa_pl import schedules
 from arjepa_pl.feature_stats import vicreg_covariance, vicreg_variance
-from arjepa_pl.masks import IJEPA_DEFAULT_MASKS, VJEPA_DEFAULT_MASKS, AnyMaskConfig, MaskCollator, MultiBlock2DConfig, as_mask_config
+from arjepa_pl.masks import (
+    IJEPA_DEFAULT_MASKS,
+    VJEPA_DEFAULT_MASKS,
+    AnyMaskConfig,
+    MaskCollator,
+    MultiBlock2DConfig,
+    as_mask_config,
+)
 from arjepa_pl.models import FeatureExtractor, JepaPredictor, VisionTransformer, gather_tokens
 from arjepa_pl.optim import ScheduledModule
 
