@@ -41,3 +41,28 @@ def test_readme_train_command_runs(tmp_path, demo_manifests):
     done = subprocess.run([sys.executable, *command[1:], *overrides], cwd=REPO, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     assert (tmp_path / "run" / "checkpoints" / "last.ckpt").is_file()
+
+
+def code_map() -> str:
+    section = README.split("## Map of the code", 1)[1].split("\n## ", 1)[0]
+    return re.findall(r"```\n(.*?)```", section, re.S)[0]
+
+
+@pytest.mark.parametrize("package", ["arjepa_pl", "data_modules"])
+def test_the_code_map_names_every_module_and_nothing_else(package):
+    """Every module and sub-package is on the README's map, and every name on the map exists."""
+    text = code_map().split(f"{package}/\n", 1)[1].split("\n\n", 1)[0]
+    text = text.split("\ndata_modules/", 1)[0]
+    # The first column of each entry line (two-space indent): one or more comma-separated names.
+    entries = [re.split(r"\s{2,}", line.strip())[0] for line in text.splitlines() if re.match(r"  \S", line)]
+    names = {name.strip() for entry in entries for name in entry.split(",")}
+    on_disk = {p.name + ("/" if p.is_dir() else "") for p in (REPO / package).iterdir()
+               if (p.suffix == ".py" and p.stem not in ("__init__", "__main__")) or (p.is_dir() and (p / "__init__.py").exists())}
+    assert names == on_disk, f"README map vs {package}/: missing {sorted(on_disk - names)}, stale {sorted(names - on_disk)}"
+
+
+def test_no_source_file_is_over_400_lines():
+    """Small files: a module that grows past ~400 lines is doing more than one job."""
+    long = {str(p.relative_to(REPO)): n for package in ("arjepa_pl", "data_modules")
+            for p in (REPO / package).rglob("*.py") if (n := len(p.read_text().splitlines())) > 400}
+    assert not long, f"split these modules: {long}"
