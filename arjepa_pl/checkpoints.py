@@ -128,7 +128,8 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 
     def load_checkpoint(self, path, map_location=lambda storage, loc: storage, weights_only: Optional[bool] = None):
         weights_only = True if weights_only is None else weights_only
-        return wrap_load_errors(path, lambda: super(AtomicCheckpointIO, self).load_checkpoint(path, map_location, weights_only))
+        return wrap_load_errors(
+            path, lambda: super(AtomicCheckpointIO, self).load_checkpoint(path, map_location, weights_only))
 
 
 def use_atomic_checkpoint_io(trainer: L.Trainer) -> None:

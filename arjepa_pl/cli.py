@@ -49,7 +49,8 @@ class ArJepaCLI(LightningCLI):
             # Requeued SLURM jobs write config.yaml into the same run directory again.
             save_config_kwargs={"overwrite": True},
             # Every subcommand parses the config files, so each needs the mode, not just the root parser.
-            parser_kwargs={"parser_mode": "omegaconf+", **{name: {"parser_mode": "omegaconf+"} for name in self.subcommands()}},
+            parser_kwargs={"parser_mode": "omegaconf+",
+                           **{name: {"parser_mode": "omegaconf+"} for name in self.subcommands()}},
             # Objectives own their optimiser and per-step schedules.
             auto_configure_optimizers=False,
             # Appended to the configured callbacks: exact resume and safe pre-emption in every run.
@@ -76,8 +77,10 @@ class ArJepaCLI(LightningCLI):
 
 # Commands beyond Lightning's subcommands: module whose main(argv) runs them, and what they do.
 EXTRA_COMMANDS = {
-    "compare": ("arjepa_pl.evaluation.compare", "pretrain objectives on equal terms, probe each frozen encoder, write the table"),
-    "export": ("arjepa_pl.interop.export", "write a checkpoint's encoder as a plain state dict with its rebuild config"),
+    "compare": ("arjepa_pl.evaluation.compare",
+                "pretrain objectives on equal terms, probe each frozen encoder, write the table"),
+    "export": ("arjepa_pl.interop.export",
+               "write a checkpoint's encoder as a plain state dict with its rebuild config"),
 }
 
 

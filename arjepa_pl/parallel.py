@@ -123,6 +123,7 @@ def co_sharded(a: nn.Module, b: nn.Module) -> bool:
         if x.shape != y.shape or type(x) is not type(y):
             return False
         if hasattr(x, "placements"):
-            if x.placements != y.placements or x.device_mesh != y.device_mesh or x.to_local().shape != y.to_local().shape:
+            if (x.placements != y.placements or x.device_mesh != y.device_mesh
+                    or x.to_local().shape != y.to_local().shape):
                 return False
     return True

@@ -60,7 +60,8 @@ class SlurmRequeue(L.Callback):
     def _on_signal(self, signum, frame) -> None:
         self._signalled = True  # nothing else: this may run in the middle of any operation
 
-    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs, batch, batch_idx: int) -> None:
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs, batch,
+                           batch_idx: int) -> None:
         if self._signum is None:
             return
         if not trainer.strategy.reduce_boolean_decision(self._signalled, all=False):

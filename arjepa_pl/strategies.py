@@ -57,7 +57,8 @@ class FSDP2Strategy(ModelParallelStrategy):
 
     def load_checkpoint(self, checkpoint_path, weights_only: Optional[bool] = None) -> dict[str, Any]:
         weights_only = True if weights_only is None else weights_only
-        return wrap_load_errors(checkpoint_path, lambda: super(FSDP2Strategy, self).load_checkpoint(checkpoint_path, weights_only))
+        return wrap_load_errors(
+            checkpoint_path, lambda: super(FSDP2Strategy, self).load_checkpoint(checkpoint_path, weights_only))
 
 
 # Names for `--trainer.strategy`, registered when this module is imported (the CLI imports it).

@@ -42,7 +42,8 @@ class BadSampleGuard:
         where: Name of the data (a manifest, a shard set) for messages.
     """
 
-    def __init__(self, max_retries: int = 10, max_bad_fraction: float = 0.1, min_reads: int = 64, where: str = "") -> None:
+    def __init__(self, max_retries: int = 10, max_bad_fraction: float = 0.1, min_reads: int = 64,
+                 where: str = "") -> None:
         if max_retries < 0:
             raise ValueError(f"max_retries must be >= 0, got {max_retries}")
         if not 0 <= max_bad_fraction <= 1:

@@ -59,7 +59,8 @@ class ClipOptions:
             if value is not None and not value > 0:
                 raise ValueError(f"{name} must be > 0 (or null), got {value!r}")
         if self.decode_short_side is not None and self.decode_short_side < 0:
-            raise ValueError(f"decode_short_side must be >= 0 (0: never resize while decoding), got {self.decode_short_side}")
+            raise ValueError("decode_short_side must be >= 0 (0: never resize while decoding), "
+                             f"got {self.decode_short_side}")
         if self.short_videos not in SHORT_VIDEO_POLICIES:
             raise ValueError(f"short_videos must be one of {SHORT_VIDEO_POLICIES}, got {self.short_videos!r}")
         if len(self.crop_scale) != 2 or not 0 < self.crop_scale[0] <= self.crop_scale[1] <= 1:
@@ -127,7 +128,8 @@ def decode_frames(source: str | bytes, options: ClipOptions, rng: np.random.Gene
             raise BadVideo(f"{num_frames} frame: a still image, not a video")
         video_fps = float(reader.get_avg_fps())
         if options.max_duration_s is not None and video_fps > 0 and num_frames / video_fps > options.max_duration_s:
-            raise BadVideo(f"{num_frames / video_fps:.1f} s is over the {options.max_duration_s} s limit (max_duration_s)")
+            raise BadVideo(f"{num_frames / video_fps:.1f} s is over the {options.max_duration_s} s limit "
+                           "(max_duration_s)")
         step = resolve_frame_step(options.frames_per_clip, options.frame_step, options.fps, options.duration, video_fps)
         if options.short_videos == "skip" and is_short(num_frames, options.frames_per_clip, step, options.num_clips):
             raise BadVideo(f"{num_frames} frames is too short for {options.num_clips} clip(s) of "

@@ -65,10 +65,13 @@ class ClipDataModule(pl.LightningDataModule):
         max_file_mb: Skip (and replace) video files larger than this; null: no limit.
         max_duration_s: Skip (and replace) videos longer than this; null: no limit.
         max_frame_pixels: Skip (and replace) videos whose frames have more pixels than this; null: no limit.
-        decode_short_side: Decode at this short side when the source is larger (decord resizes while decoding); null: automatic (crop_size / sqrt(crop_scale[0]) for training, crop_size for evaluation); 0: always full resolution.
+        decode_short_side: Decode at this short side when the source is larger (decord resizes while
+            decoding); null: automatic (crop_size / sqrt(crop_scale[0]) for training, crop_size for
+            evaluation); 0: always full resolution.
         max_retries: Replacements tried for one unusable video before the run stops.
         max_bad_fraction: The run stops when more than this fraction of the videos a worker reads is unusable.
-        iterations_per_epoch: Batches per device per epoch (V-JEPA uses 300), drawn with replacement; null: one pass over the data.
+        iterations_per_epoch: Batches per device per epoch (V-JEPA uses 300), drawn with replacement;
+            null: one pass over the data.
         pin_memory: Pin batches in page-locked memory (faster host-to-GPU copies).
         persistent_workers: Keep workers alive between epochs (only used when num_workers > 0).
         drop_last: Drop the last incomplete training batch on each device.
@@ -182,7 +185,8 @@ class ClipDataModule(pl.LightningDataModule):
     def predict_dataloader(self) -> DataLoader:
         self._require_setup()
         if self.val_dataset is None:
-            raise ValueError(f"predict_dataloader needs a {self.val_option} (the predict loader serves the validation set)")
+            raise ValueError(f"predict_dataloader needs a {self.val_option} "
+                             "(the predict loader serves the validation set)")
         # Lightning leaves a DistributedSampler in place for prediction too, so the split by rank
         # must be ours: the same loader as validation.
         return self.val_dataloader()
@@ -199,9 +203,11 @@ class VideoDataModule(ClipDataModule):
 
     Args:
         train_manifest: Training manifest, or several to mix; null uses the embedded demo set.
-        val_manifest: Validation manifest(s), concatenated; null means the demo val set when training on the demo, else no validation.
+        val_manifest: Validation manifest(s), concatenated; null means the demo val set when training on
+            the demo, else no validation.
         demo_dir: Where the demo set is generated and cached; null uses $ARJEPA_DEMO_DIR or ~/.cache/arjepa_pl/demo.
-        mix_weights: One weight per train manifest: each sample is drawn with probability weight / (its manifest's size), with replacement; null: every sample once per epoch.
+        mix_weights: One weight per train manifest: each sample is drawn with probability
+            weight / (its manifest's size), with replacement; null: every sample once per epoch.
         **kwargs: The clip, augmentation, bad-video and loader options of ClipDataModule.
     """
 

@@ -80,7 +80,8 @@ class VideoClipDataset(Dataset):
 
         def replacement(attempt: int) -> int:
             source = int(np.searchsorted(self._source_starts, index, side="right")) - 1
-            draw = np.random.default_rng([self.seed, epoch, index, attempt, REPLACE]).integers(self.source_sizes[source])
+            rng = np.random.default_rng([self.seed, epoch, index, attempt, REPLACE])
+            draw = rng.integers(self.source_sizes[source])
             return int(self._source_starts[source] + draw)
 
         (video, label), skipped = self.guard.load(index, load, replacement, lambda i: self.samples[i][0])

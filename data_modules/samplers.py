@@ -108,12 +108,14 @@ class WeightedClipSampler(ClipSampler):
         return (self._starts[sources] + local)[self.rank :: self.num_replicas].tolist()
 
     def resume_signature(self) -> dict:
-        return {**super().resume_signature(), "weights": self.weights.tolist(), "source_sizes": self.source_sizes.tolist()}
+        return {**super().resume_signature(), "weights": self.weights.tolist(),
+                "source_sizes": self.source_sizes.tolist()}
 
 
 def check_mixture(sizes: np.ndarray, weights: np.ndarray) -> None:
     if len(weights) != len(sizes):
-        raise ValueError(f"mix_weights needs one weight per data set: {len(weights)} weights for {len(sizes)} data sets")
+        raise ValueError(f"mix_weights needs one weight per data set: {len(weights)} weights for "
+                         f"{len(sizes)} data sets")
     if (weights < 0).any() or not weights.sum() > 0:
         raise ValueError(f"mix_weights must be >= 0 and not all 0, got {weights.tolist()}")
     if ((sizes == 0) & (weights > 0)).any():

@@ -68,7 +68,8 @@ def read_shard_set(url: str) -> ShardSet:
         with fsspec.open(url, "rt", encoding="utf-8") as f:
             index = json.load(f)
     except FileNotFoundError:
-        raise FileNotFoundError(f"shard index not found: {url} (make one with `python -m data_modules.shards pack`)") from None
+        raise FileNotFoundError(f"shard index not found: {url} "
+                                "(make one with `python -m data_modules.shards pack`)") from None
     except json.JSONDecodeError as e:
         raise ValueError(f"{url}: not a valid JSON shard index: {e}") from None
     shards = index.get("shardlist") if isinstance(index, dict) else None
@@ -77,8 +78,8 @@ def read_shard_set(url: str) -> ShardSet:
     base = url.rsplit("/", 1)[0]
     urls, sizes = [], []
     for i, shard in enumerate(shards):
-        if not isinstance(shard, dict) or not isinstance(shard.get("url"), str) or not isinstance(shard.get("nsamples"), int) \
-                or shard["nsamples"] < 0:
+        if (not isinstance(shard, dict) or not isinstance(shard.get("url"), str)
+                or not isinstance(shard.get("nsamples"), int) or shard["nsamples"] < 0):
             raise ValueError(f"{url}: shardlist[{i}] must be {{'url': str, 'nsamples': int >= 0}}, got {shard!r}")
         shard_url = shard["url"]
         urls.append(shard_url if "://" in shard_url or shard_url.startswith("/") else f"{base}/{shard_url}")

@@ -94,7 +94,8 @@ def locate(
         if shuffle:
             for s in np.unique(shard):
                 sel = shard == s
-                member[sel] = np.random.default_rng([seed, epoch, set_id, cycle, s, MEMBER_ORDER]).permutation(sizes[s])[offset[sel]]
+                order = np.random.default_rng([seed, epoch, set_id, cycle, s, MEMBER_ORDER]).permutation(sizes[s])
+                member[sel] = order[offset[sel]]
         shards[at], members[at] = shard, member
     return shards, members
 
@@ -147,14 +148,16 @@ class ShardClipStream(IterableDataset):
         elif 0 in self.sizes:
             raise ValueError(f"empty shard set among {[s.url for s in self.sources]}")
         if not 0 <= rank < world_size or batch_size < 1 or num_workers < 0:
-            raise ValueError(f"bad rank {rank} / world_size {world_size} / batch_size {batch_size} / num_workers {num_workers}")
+            raise ValueError(f"bad rank {rank} / world_size {world_size} / batch_size {batch_size} "
+                             f"/ num_workers {num_workers}")
         self.train, self.batch_size, self.world_size, self.rank = train, batch_size, world_size, rank
         self.num_workers, self.weights, self.seed = num_workers, weights, seed
         self.iterations_per_epoch = iterations_per_epoch
         self.total = iterations_per_epoch * batch_size * world_size if iterations_per_epoch else sum(self.sizes)
         # Training drops the draws that do not divide by world_size; evaluation wraps around instead.
         self.samples_per_rank = self.total // world_size if train else math.ceil(self.total / world_size)
-        self.num_batches = self.samples_per_rank // batch_size if drop_last else math.ceil(self.samples_per_rank / batch_size)
+        self.num_batches = (self.samples_per_rank // batch_size if drop_last
+                            else math.ceil(self.samples_per_rank / batch_size))
         if self.num_batches < 1:
             raise ValueError(f"{self.total} samples make no batch of {batch_size} on each of {world_size} ranks")
         self._set_offsets = np.concatenate([[0], np.cumsum(self.sizes)[:-1]])
@@ -211,8 +214,8 @@ class ShardClipStream(IterableDataset):
         info = get_worker_info()
         num_workers, worker = (info.num_workers, info.id) if info is not None else (1, 0)
         if num_workers != max(self.num_workers, 1):
-            raise RuntimeError(f"ShardClipStream was built for num_workers={self.num_workers} but runs in {num_workers} "
-                               "workers: the split of batches between workers would be wrong")
+            raise RuntimeError(f"ShardClipStream was built for num_workers={self.num_workers} but runs in "
+                               f"{num_workers} workers: the split of batches between workers would be wrong")
         batches = self.worker_batches(start_batch, worker, num_workers)
         if not batches:
             return
@@ -291,7 +294,8 @@ class StreamingVideoDataModule(ClipDataModule):
     Args:
         train_shards: A shard set (its folder or shards.json, local or URL), or several to mix.
         val_shards: Validation shard set(s), read in order and concatenated; null: no validation.
-        mix_weights: One weight per train shard set: per-sample weight = set weight / set size, with replacement; null: every sample once per epoch.
+        mix_weights: One weight per train shard set: per-sample weight = set weight / set size, with
+            replacement; null: every sample once per epoch.
         **kwargs: The clip, augmentation, bad-video and loader options of ClipDataModule.
     """
 
@@ -310,13 +314,14 @@ class StreamingVideoDataModule(ClipDataModule):
         self.val_shards = [val_shards] if isinstance(val_shards, str) else val_shards
         self.mix_weights = None if mix_weights is None else [float(w) for w in mix_weights]
         if self.mix_weights is not None and len(self.mix_weights) != len(self.train_shards):
-            raise ValueError(f"mix_weights has {len(self.mix_weights)} weights for {len(self.train_shards)} train shard sets")
+            raise ValueError(f"mix_weights has {len(self.mix_weights)} weights for "
+                             f"{len(self.train_shards)} train shard sets")
 
     def setup(self, stage: str | None = None) -> None:
         super().setup(stage)
-        args = dict(batch_size=self.batch_size, world_size=self.world_size, rank=self.rank, num_workers=self.num_workers,
-                    seed=self.seed, max_retries=self.max_retries, max_bad_fraction=self.max_bad_fraction,
-                    **vars(self.clip_options))
+        args = dict(batch_size=self.batch_size, world_size=self.world_size, rank=self.rank,
+                    num_workers=self.num_workers, seed=self.seed, max_retries=self.max_retries,
+                    max_bad_fraction=self.max_bad_fraction, **vars(self.clip_options))
         self.train_dataset = ShardClipStream([read_shard_set(u) for u in self.train_shards], train=True,
                                              weights=self.mix_weights, iterations_per_epoch=self.iterations_per_epoch,
                                              drop_last=self.drop_last, **args)

@@ -79,7 +79,8 @@ class Prompts(Dataset):
         return len(self.prompts)
 
     def __getitem__(self, i: int) -> dict:
-        return {"prompt": torch.tensor(list(self.prompts[i].encode("utf-8")), dtype=torch.long), "text": self.prompts[i]}
+        return {"prompt": torch.tensor(list(self.prompts[i].encode("utf-8")), dtype=torch.long),
+                "text": self.prompts[i]}
 
 
 def collate_prompt(items: list[dict]) -> dict:
@@ -114,7 +115,8 @@ class ByteTextDataModule(pl.LightningDataModule):
     ) -> None:
         super().__init__()
         if seq_len < 1 or batch_size < 1 or num_workers < 0:
-            raise ValueError(f"need seq_len >= 1, batch_size >= 1, num_workers >= 0; got {seq_len}, {batch_size}, {num_workers}")
+            raise ValueError("need seq_len >= 1, batch_size >= 1, num_workers >= 0; "
+                             f"got {seq_len}, {batch_size}, {num_workers}")
         if not 0 < val_percent < 100:
             raise ValueError(f"val_percent must lie in (0, 100), got {val_percent}")
         if not prompts or any(not p for p in prompts):

@@ -110,7 +110,8 @@ class CollapseMonitor(L.Callback):
         self._watch = {stat: names if names is not None else module_watch.get(stat)
                        for stat, names in self.watch.items()}
 
-    def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int) -> None:
+    def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any,
+                             batch_idx: int) -> None:
         if self._held is None:
             # The first batch, kept on the device: every measurement sees the same inputs (and masks).
             self._held = apply_to_collection(batch, torch.Tensor, lambda t: t.detach())

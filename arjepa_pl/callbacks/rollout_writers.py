@@ -61,7 +61,8 @@ class RolloutWriter(BasePredictionWriter):
             self.clips += 1
             if self.written >= self.max_clips:
                 continue
-            name = f"clip{int(index[b]):05d}" if index is not None else f"rank{trainer.global_rank}_clip{self.clips:05d}"
+            name = (f"clip{int(index[b]):05d}" if index is not None
+                    else f"rank{trainer.global_rank}_clip{self.clips:05d}")
             Image.fromarray(rollout_strip(context[b], pred[b], truth[b])).save(self.dir / f"{name}.png")
             write_mp4(self.dir / f"{name}.mp4", rollout_frames(context[b], pred[b], truth[b]), fps=self.fps)
             self.written += 1

@@ -211,7 +211,8 @@ def compare(
                 f"--trainer.default_root_dir={run.directory}", RUN_SUMMARY, "--ckpt_path=last"]
 
     # Fairness first: every objective's resolved config (seed 0's) must agree where it matters.
-    resolved = {o.name: resolved_config(pretrain_command(o, Run(o.name, seeds[0], out / o.name / "check"))[len(python):-1])
+    resolved = {o.name: resolved_config(
+                    pretrain_command(o, Run(o.name, seeds[0], out / o.name / "check"))[len(python):-1])
                 for o in objectives}
     check_fairness(resolved)
     encoder = plain(resolved[names[0]].get("model.init_args.encoder"))
@@ -226,7 +227,8 @@ def compare(
     resolved_config(probe_command(Run("random_init", seeds[0], out / "check"), random_encoder)[len(python):-1])
 
     runs = [Run(o.name, seed, out / o.name / f"seed{seed}") for seed in seeds for o in objectives]
-    baselines = [Run("random_init", seed, out / "random_init" / f"seed{seed}") for seed in seeds] if random_init_baseline else []
+    baselines = ([Run("random_init", seed, out / "random_init" / f"seed{seed}") for seed in seeds]
+                 if random_init_baseline else [])
 
     def selected(run: Run) -> bool:
         return not only or run.objective in only or run.name in only
@@ -238,7 +240,8 @@ def compare(
                 print(f"[compare] {run.name}: pretrained already ({run.directory / SUMMARY})")
                 continue
             print(f"[compare] pretraining {run.name}", flush=True)
-            execute(pretrain_command(by_name[run.objective], run), run.directory / "fit.log", out / "commands.txt", dry_run)
+            execute(pretrain_command(by_name[run.objective], run), run.directory / "fit.log", out / "commands.txt",
+                    dry_run)
             require_complete(run.directory, "fit", steps, dry_run)
 
     if stage in ("all", "probe"):
@@ -254,7 +257,8 @@ def compare(
                 if checkpoint is None and not dry_run:
                     raise FileNotFoundError(f"{run.name}: no checkpoint in {run.directory / 'checkpoints'}: "
                                             "pretrain it first (--stage pretrain)")
-                encoder_args = [f"--model.init_args.encoder_checkpoint={checkpoint or run.directory / 'checkpoints/last.ckpt'}"]
+                encoder_checkpoint = checkpoint or run.directory / "checkpoints/last.ckpt"
+                encoder_args = [f"--model.init_args.encoder_checkpoint={encoder_checkpoint}"]
             print(f"[compare] probing {run.name}", flush=True)
             execute(probe_command(run, encoder_args), probe_dir / "fit.log", out / "commands.txt", dry_run)
             require_complete(probe_dir, "fit", 1, dry_run)
@@ -267,12 +271,14 @@ def compare(
         if not probe_summary.is_file():
             raise FileNotFoundError(f"{run.name} has no probe results ({probe_summary}): run its stages first")
         pretrain = json.loads((run.directory / SUMMARY).read_text()) if run.objective != "random_init" else {}
-        results.append(ProbeResult.from_summaries(run.objective, run.seed, json.loads(probe_summary.read_text()), pretrain))
+        results.append(ProbeResult.from_summaries(run.objective, run.seed, json.loads(probe_summary.read_text()),
+                                                  pretrain))
     return write_report(results, out, steps=steps, wandb_project=wandb_project)
 
 
 def main(argv: Optional[list[str]] = None) -> None:
-    parser = ArgumentParser(prog="python -m arjepa_pl compare", description=__doc__.split("\n\n")[0], parser_mode="omegaconf+")
+    parser = ArgumentParser(prog="python -m arjepa_pl compare", description=__doc__.split("\n\n")[0],
+                            parser_mode="omegaconf+")
     parser.add_argument("--config", action=ActionConfigFile, help="a comparison config (configs/compare.yaml)")
     parser.add_function_arguments(compare)
     init = parser.instantiate_classes(parser.parse_args(argv))

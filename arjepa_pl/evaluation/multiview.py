@@ -12,7 +12,8 @@ def flatten_views(x: torch.Tensor, sample_ndim: int) -> tuple[torch.Tensor, int]
         return x, 1
     if x.ndim == sample_ndim + 2:
         return x.flatten(0, 1), x.size(1)
-    raise ValueError(f"expected a batch of [{sample_ndim}-d] samples, with or without a view axis; got shape {tuple(x.shape)}")
+    raise ValueError(f"expected a batch of [{sample_ndim}-d] samples, with or without a view axis; "
+                     f"got shape {tuple(x.shape)}")
 
 
 def average_view_probabilities(logits: torch.Tensor, views: int) -> torch.Tensor:

@@ -96,8 +96,8 @@ class Probe(ScheduledModule):
         for task in self.tasks:
             for layer in self.layers:
                 key = self.head_key(task, layer)
-                self.heads[key] = (AttentiveClassifier(dim, task.num_classes, heads, self_attn_blocks) if probe == "attentive"
-                                   else LinearClassifier(dim, task.num_classes))
+                self.heads[key] = (AttentiveClassifier(dim, task.num_classes, heads, self_attn_blocks)
+                                   if probe == "attentive" else LinearClassifier(dim, task.num_classes))
                 for metrics in (self.val_metrics, self.test_metrics):
                     metrics[key] = nn.ModuleDict({f"top{k}": MulticlassAccuracy(task.num_classes, top_k=k)
                                                   for k in (1, 5) if k == 1 or task.num_classes > 5})
@@ -118,7 +118,8 @@ class Probe(ScheduledModule):
     def logits(self, batch: dict) -> tuple[dict[str, torch.Tensor], int]:
         """({head key: logits [B * V, classes]}, views V) of a batch."""
         if self.input_key not in batch or "label" not in batch:
-            raise ValueError(f"a probe reads batch[{self.input_key!r}] and batch['label']; the batch has {sorted(batch)}")
+            raise ValueError(f"a probe reads batch[{self.input_key!r}] and batch['label']; "
+                             f"the batch has {sorted(batch)}")
         x, views = flatten_views(batch[self.input_key], 4 if self.input_key == "video" else 3)
         with torch.no_grad():
             features = self.extractor(x, self.layers)

@@ -31,8 +31,9 @@ class ProbeResult:
     @classmethod
     def from_summaries(cls, objective: str, seed: int, probe: dict, pretrain: dict) -> "ProbeResult":
         """From the RunSummary files of the probe run and of the pretraining run ({} for none)."""
-        result = cls(objective, seed, pretrain_steps=pretrain.get("global_step"), pretrain_flops=pretrain.get("train_flops"),
-                     pretrain_seconds=pretrain.get("fit_seconds"), probe_seconds=probe.get("fit_seconds"))
+        result = cls(objective, seed, pretrain_steps=pretrain.get("global_step"),
+                     pretrain_flops=pretrain.get("train_flops"), pretrain_seconds=pretrain.get("fit_seconds"),
+                     probe_seconds=probe.get("fit_seconds"))
         for key, value in probe.get("metrics", {}).items():
             match = METRIC.match(key)
             if match:
@@ -77,16 +78,18 @@ def markdown(results: list[ProbeResult], steps: int) -> str:
     objectives = list(dict.fromkeys(r.objective for r in results))
     seeds = sorted({r.seed for r in results})
     lines = [f"Frozen-probe top-1 accuracy (%), mean ± std over {len(seeds)} seed(s) ({', '.join(map(str, seeds))}); "
-             f"every objective pretrained for {steps} steps. Best layer: chosen on the reported split (optimistic).", ""]
+             f"every objective pretrained for {steps} steps. "
+             "Best layer: chosen on the reported split (optimistic).", ""]
     header = "| objective | " + " | ".join(f"{task} (last layer) | {task} (best layer)" for task in table) + " |"
     lines += [header, "|" + "---|" * (1 + 2 * len(table))]
     for objective in objectives:
         cells = []
-        for task, rows in table.items():
+        for rows in table.values():
             row = rows.get(objective)
             cells += ["—", "—"] if row is None else [fmt(row["last"]), f"{fmt(row['best'])} (l{row['best_layer']})"]
         lines.append(f"| {objective} | " + " | ".join(cells) + " |")
-    lines += ["", "| objective | pretraining steps | training TFLOPs | FLOPs / step (G) | pretraining wall time (min) | probe wall time (min) |",
+    lines += ["", "| objective | pretraining steps | training TFLOPs | FLOPs / step (G) "
+                  "| pretraining wall time (min) | probe wall time (min) |",
               "|---|---|---|---|---|---|"]
     for objective in objectives:
         runs = [r for r in results if r.objective == objective]

@@ -118,7 +118,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--safetensors", type=_bool_or_auto, default="auto",
                    help="also write FILE.safetensors: auto (if the package is installed), true, false")
     p.add_argument("--run_dir", help="with --ckpt_path last: the run directory (trainer.default_root_dir)")
-    p.add_argument("--num_heads", type=int, help="official checkpoints: attention heads (default: standard ViT for the width)")
+    p.add_argument("--num_heads", type=int,
+                   help="official checkpoints: attention heads (default: standard ViT for the width)")
     p.add_argument("--weights_only", type=_bool_or_auto, default=True,
                    help="torch.load's weights_only (false only for trusted files with other pickled objects)")
     return p

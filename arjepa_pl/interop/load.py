@@ -47,11 +47,14 @@ def read_feature_extractor(path: Union[str, os.PathLike], which: str = "auto", n
             raise InteropError(f"{path} holds a {type(checkpoint).__name__}, not a checkpoint dict")
         if checkpoint.get("format") == FORMAT:
             if checkpoint.get("version") != VERSION:
-                raise InteropError(f"{path} is export format version {checkpoint.get('version')}; this arjepa_pl reads {VERSION}")
+                raise InteropError(f"{path} is export format version {checkpoint.get('version')}; "
+                                   f"this arjepa_pl reads {VERSION}")
             info = dict(checkpoint.get("source") or {})
             check_export_which(info, which, source)
-            extractor, info = from_spec(checkpoint["spec"], checkpoint["state_dict"], source), {**info, "kind": "export"}
-        elif "state_dict" in checkpoint and ("pytorch-lightning_version" in checkpoint or "feature_extractor" in checkpoint):
+            extractor = from_spec(checkpoint["spec"], checkpoint["state_dict"], source)
+            info = {**info, "kind": "export"}
+        elif "state_dict" in checkpoint and ("pytorch-lightning_version" in checkpoint
+                                             or "feature_extractor" in checkpoint):
             extractor, info = load_lightning(checkpoint, which, source)
         elif any(isinstance(checkpoint.get(k), dict) for k in ("target_encoder", "encoder")):
             name, weights = official_encoder_entry(checkpoint, which, source)
@@ -61,7 +64,8 @@ def read_feature_extractor(path: Union[str, os.PathLike], which: str = "auto", n
                     "epoch": checkpoint.get("epoch") if isinstance(checkpoint.get("epoch"), int) else None}
         elif _is_tensor_dict(checkpoint) and "patch_embed.proj.weight" in strip_prefixes(checkpoint):
             if which != "auto":
-                raise InteropError(f"{path} is a single encoder's state dict: which={which!r} cannot choose; use 'auto'")
+                raise InteropError(f"{path} is a single encoder's state dict: which={which!r} cannot choose; "
+                                   "use 'auto'")
             extractor = FeatureExtractor(encoder_from_official(checkpoint, source, num_heads, encoder_config))
             info = {"kind": "official", "objective": None, "global_step": None, "which": None}
         else:

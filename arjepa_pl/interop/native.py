@@ -41,7 +41,8 @@ def _build(spec: dict, source: str) -> FeatureExtractor:
     try:
         return FeatureExtractor.from_spec(spec)
     except (KeyError, TypeError, ValueError) as e:
-        raise InteropError(f"{source}: its feature-extractor spec does not build a model ({type(e).__name__}: {e})") from e
+        raise InteropError(f"{source}: its feature-extractor spec does not build a model "
+                           f"({type(e).__name__}: {e})") from e
 
 
 def from_spec(spec: dict, state_dict: dict, source: str) -> FeatureExtractor:
@@ -108,7 +109,8 @@ def load_sharded(path: Path, which: str) -> tuple[FeatureExtractor, dict]:
     source = str(path)
     meta = path / SHARDED_COMPLETE_MARKER
     if not meta.is_file():
-        raise InteropError(f"{path} is a directory but not a complete sharded checkpoint (no {SHARDED_COMPLETE_MARKER})")
+        raise InteropError(f"{path} is a directory but not a complete sharded checkpoint "
+                           f"(no {SHARDED_COMPLETE_MARKER})")
     checkpoint = torch_load(meta, weights_only=True)
     entry = _lightning_entry(checkpoint, source)
     stored = dcp.FileSystemReader(str(path)).read_metadata().state_dict_metadata
@@ -152,7 +154,8 @@ def load_safetensors(path: Path, which: str) -> tuple[FeatureExtractor, dict]:
     except Exception as e:
         raise InteropError(f"could not read {path}: {type(e).__name__}: {e}") from e
     if meta.get("format") != FORMAT:
-        raise InteropError(f"{path} is not an arjepa_pl feature-extractor export (metadata format={meta.get('format')!r})")
+        raise InteropError(f"{path} is not an arjepa_pl feature-extractor export "
+                           f"(metadata format={meta.get('format')!r})")
     info = json.loads(meta.get("source", "{}"))
     check_export_which(info, which, str(path))
     return from_spec(json.loads(meta["spec"]), state, str(path)), {**info, "kind": "export"}

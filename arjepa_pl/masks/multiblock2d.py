@@ -55,7 +55,8 @@ class MultiBlock2DConfig:
         for name in ("target_aspect_ratio", "context_aspect_ratio"):
             set_(self, name, _as_range(name, getattr(self, name), hi=None, owner=_OWNER))
 
-    def sample(self, rng: np.random.Generator, batch_size: int, grid: tuple[int, ...]) -> tuple[torch.Tensor, torch.Tensor]:
+    def sample(self, rng: np.random.Generator, batch_size: int,
+               grid: tuple[int, ...]) -> tuple[torch.Tensor, torch.Tensor]:
         """One batch of masks on an (H, W) grid (or a (1, H, W) one)."""
         if len(grid) == 3:
             if grid[0] != 1:

@@ -85,7 +85,8 @@ class MaskConfig:
             raise ValueError(f"MaskConfig.max_temporal_keep must lie in (0, 1], got {self.max_temporal_keep!r}")
         object.__setattr__(self, "max_temporal_keep", keep)
 
-    def sample(self, rng: np.random.Generator, batch_size: int, grid: tuple[int, ...]) -> tuple[torch.Tensor, torch.Tensor]:
+    def sample(self, rng: np.random.Generator, batch_size: int,
+               grid: tuple[int, ...]) -> tuple[torch.Tensor, torch.Tensor]:
         """One batch of masks on a (T, H, W) grid, or an image's (H, W) grid taken as one time step."""
         return sample_multiblock3d(rng, batch_size, grid if len(grid) == 3 else (1, *grid), self)
 

@@ -11,6 +11,7 @@ from arjepa_pl.models.sampling import sample_logits
 from arjepa_pl.models.tokenizer import PatchKMeans, tokenize_clip
 from arjepa_pl.models.vit import MLP, VIT_PRESETS, Block, KVCache, VisionTransformer, gather_tokens
 
-__all__ = ["MLP", "AttentiveClassifier", "AttentivePooler", "LinearClassifier", "VIT_PRESETS", "Block", "ByteGPT", "FeatureExtractor", "JepaPredictor", "KVCache", "PatchKMeans", "VisionTransformer",
+__all__ = ["MLP", "AttentiveClassifier", "AttentivePooler", "LinearClassifier", "VIT_PRESETS", "Block", "ByteGPT",
+           "FeatureExtractor", "JepaPredictor", "KVCache", "PatchKMeans", "VisionTransformer",
            "block_causal_mask", "gather_tokens", "next_step_outputs", "normalize_patches", "patchify", "sample_logits",
            "sincos_pos_embed", "token_grid", "tokenize_clip", "unpatchify"]

@@ -53,7 +53,8 @@ class FeatureExtractor(nn.Module):
 
     def spec(self) -> dict:
         """Plain values that rebuild this module (see from_spec); the weights travel separately."""
-        tokenizer = None if self.tokenizer is None else {"num_codes": self.tokenizer.num_codes, "dim": self.tokenizer.dim}
+        tokenizer = (None if self.tokenizer is None
+                     else {"num_codes": self.tokenizer.num_codes, "dim": self.tokenizer.dim})
         return {"encoder": dict(self.encoder.config), "tokenizer": tokenizer,
                 "block_causal": self.block_causal, "prefix_steps": self.prefix_steps}
 

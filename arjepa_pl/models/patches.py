@@ -17,7 +17,8 @@ def token_grid(shape: Sequence[int], tubelet: int, patch: int, video: bool) -> t
         T, H, W = (int(s) for s in shape[-3:])
         if T % tubelet or H % patch or W % patch:
             raise ValueError(f"video of T={T}, H={H}, W={W} does not divide into tubelets of {tubelet} frames and "
-                             f"{patch}x{patch} patches (input size not divisible by patch size {(tubelet, patch, patch)}): "
+                             f"{patch}x{patch} patches "
+                             f"(input size not divisible by patch size {(tubelet, patch, patch)}): "
                              f"T must be a multiple of {tubelet} and H, W multiples of {patch}")
         return T // tubelet, H // patch, W // patch
     H, W = (int(s) for s in shape[-2:])
@@ -42,7 +43,8 @@ def unpatchify(patches: torch.Tensor, grid: tuple[int, int, int], tubelet: int, 
     T, H, W = grid
     C = P // (tubelet * patch * patch)
     if N != T * H * W or P != C * tubelet * patch * patch:
-        raise ValueError(f"{tuple(patches.shape)} patches do not fill a {grid} grid of ({tubelet}, {patch}, {patch}) patches")
+        raise ValueError(f"{tuple(patches.shape)} patches do not fill a {grid} grid of "
+                         f"({tubelet}, {patch}, {patch}) patches")
     x = patches.reshape(B, T, H, W, C, tubelet, patch, patch).permute(0, 4, 1, 5, 2, 6, 3, 7)
     return x.reshape(B, C, T * tubelet, H * patch, W * patch)
 

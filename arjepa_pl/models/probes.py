@@ -43,7 +43,8 @@ class AttentivePooler(nn.Module):
     def __init__(self, dim: int, num_heads: int, mlp_ratio: float = 4.0, self_attn_blocks: int = 0,
                  norm_eps: float = 1e-6):
         super().__init__()
-        self.blocks = nn.ModuleList(Block(dim, num_heads, mlp_ratio, norm_eps=norm_eps) for _ in range(self_attn_blocks))
+        self.blocks = nn.ModuleList(Block(dim, num_heads, mlp_ratio, norm_eps=norm_eps)
+                                    for _ in range(self_attn_blocks))
         self.query = nn.Parameter(torch.zeros(1, 1, dim))
         self.norm1 = nn.LayerNorm(dim, eps=norm_eps)
         self.xattn = CrossAttention(dim, num_heads)

@@ -118,13 +118,15 @@ class PatchKMeans(nn.Module):
         state = torch.load(path, map_location="cpu", weights_only=True)
         if (state.get("num_codes"), state.get("dim")) != (self.num_codes, self.dim):
             raise ValueError(f"tokenizer {path} has {state.get('num_codes')} codes of {state.get('dim')} values; "
-                             f"this model needs {self.num_codes} of {self.dim} (delete it or point tokenizer_path elsewhere)")
+                             f"this model needs {self.num_codes} of {self.dim} "
+                             "(delete it or point tokenizer_path elsewhere)")
         self.codebook.copy_(state["codebook"])
         self.fitted.fill_(True)
         return state.get("stats", {})
 
 
-def tokenize_clip(tokenizer: PatchKMeans, video: torch.Tensor, tubelet: int, patch: int) -> tuple[torch.Tensor, torch.Tensor]:
+def tokenize_clip(tokenizer: PatchKMeans, video: torch.Tensor, tubelet: int,
+                  patch: int) -> tuple[torch.Tensor, torch.Tensor]:
     """(codes [B, N], the tokenized clip [B, C, T, H, W]: every (tubelet, patch, patch) patch replaced by its
     code's centre) — what a token model's encoder sees."""
     B, C, T, H, W = video.shape

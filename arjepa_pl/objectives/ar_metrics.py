@@ -73,7 +73,8 @@ class HorizonMetrics(Metric):
 
     def update(self, pred: torch.Tensor, truth: torch.Tensor) -> None:
         if pred.shape != truth.shape or pred.size(2) != self.horizon:
-            raise ValueError(f"pred {tuple(pred.shape)} and truth {tuple(truth.shape)} must match, with {self.horizon} frames")
+            raise ValueError(f"pred {tuple(pred.shape)} and truth {tuple(truth.shape)} must match, "
+                             f"with {self.horizon} frames")
         B, C, T, H, W = pred.shape
         p = pred.float().permute(0, 2, 1, 3, 4).reshape(B * T, C, H, W)
         t = truth.float().permute(0, 2, 1, 3, 4).reshape(B * T, C, H, W)

@@ -40,7 +40,8 @@ class ARText(ScheduledModule):
             raise ValueError(f"max_new_bytes must be >= 1, got {max_new_bytes}")
         self.save_init_args()
         self.model = model
-        self.max_new_bytes, self.temperature, self.top_k, self.sample_seed = max_new_bytes, temperature, top_k, sample_seed
+        self.max_new_bytes, self.temperature = max_new_bytes, temperature
+        self.top_k, self.sample_seed = top_k, sample_seed
         self.val_perplexity = Perplexity()
         self.val_bits_per_byte = BitsPerUnit()
 
@@ -65,7 +66,8 @@ class ARText(ScheduledModule):
         self.log("val/loss", nll / targets.numel(), prog_bar=True, sync_dist=True, batch_size=targets.size(0))
 
     def on_validation_epoch_end(self) -> None:
-        self.log_dict({"val/perplexity": self.val_perplexity.compute(), "val/bits_per_byte": self.val_bits_per_byte.compute()})
+        self.log_dict({"val/perplexity": self.val_perplexity.compute(),
+                       "val/bits_per_byte": self.val_bits_per_byte.compute()})
         self.val_perplexity.reset()
         self.val_bits_per_byte.reset()
 

@@ -109,7 +109,8 @@ class NextStepObjective(ScheduledModule):
                              "use longer clips (frames_per_clip) or a shorter prefix")
         return first, T, H * W
 
-    def shift(self, outputs: torch.Tensor, per_token: torch.Tensor, video: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def shift(self, outputs: torch.Tensor, per_token: torch.Tensor,
+              video: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Pair each output in the loss with the token of the next step at the same position:
         outputs [B, N, ...] of steps s0..T'-2 and per_token [B, N, ...] values of steps s0+1..T'-1."""
         first, T, S = self.loss_window(video)
@@ -143,7 +144,8 @@ class NextStepObjective(ScheduledModule):
         context_steps = context_frames // tubelet
         if context_frames % tubelet or not max(self.prefix_steps, 1) <= context_steps < T:
             raise ValueError(f"context of {context_frames} frames: must be whole steps of {tubelet} frames, cover the "
-                             f"{self.prefix_steps}-step prefix and leave frames to predict in a {video.size(2)}-frame clip")
+                             f"{self.prefix_steps}-step prefix and leave frames to predict "
+                             f"in a {video.size(2)}-frame clip")
         clip = self.model_input(video[:, :, :context_frames])
         caches = [KVCache() for _ in self.encoder.blocks] if use_cache else None
         for _ in range(context_steps, T):

@@ -59,11 +59,13 @@ class ARVideoTokens(NextStepObjective):
     ):
         super().__init__(encoder, num_codes, head_hidden, prefix_steps, rollout_context_frames, **optim_args)
         if tokenizer_clips < 1 or tokenizer_iters < 0:
-            raise ValueError(f"tokenizer_clips must be >= 1 and tokenizer_iters >= 0, got {tokenizer_clips}, {tokenizer_iters}")
+            raise ValueError("tokenizer_clips must be >= 1 and tokenizer_iters >= 0, "
+                             f"got {tokenizer_clips}, {tokenizer_iters}")
         self.save_init_args()
         self.tokenizer = PatchKMeans(num_codes, self.patch_dim)
         self.tokenizer_path = tokenizer_path
-        self.tokenizer_clips, self.tokenizer_iters, self.tokenizer_seed = tokenizer_clips, tokenizer_iters, tokenizer_seed
+        self.tokenizer_clips, self.tokenizer_iters = tokenizer_clips, tokenizer_iters
+        self.tokenizer_seed = tokenizer_seed
         self.temperature, self.top_k = temperature, top_k
         self.val_bits_per_dim = BitsPerUnit()
         self.val_code_usage = CodeUsage(num_codes)

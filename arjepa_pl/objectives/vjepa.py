@@ -150,8 +150,9 @@ class JEPA(ScheduledModule):
         x, masks = self._input(batch), batch.get("masks")
         if not masks or len(masks) != len(self.masks):
             raise ValueError(f"batch must carry {len(self.masks)} mask configurations under 'masks' "
-                             f"(got {0 if not masks else len(masks)}): the data module must collate with the objective's "
-                             "collate_fn(), as data_modules' modules do (data_modules.datamodules.objective_collate_fn)")
+                             f"(got {0 if not masks else len(masks)}): the data module must collate with "
+                             "the objective's collate_fn(), as data_modules' modules do "
+                             "(data_modules.datamodules.objective_collate_fn)")
         grid = self.encoder.token_grid(x.shape)
         with torch.no_grad():
             targets = self.teacher_encoder(x)
@@ -169,7 +170,8 @@ class JEPA(ScheduledModule):
                 B, P, Kt = target_index.shape
                 target = target.reshape(B * P, Kt, -1)  # b-major, like target_index.flatten(0, 1)
                 target_index = target_index.flatten(0, 1)
-                pred_context, pred_context_index = context.repeat_interleave(P, 0), context_index.repeat_interleave(P, 0)
+                pred_context = context.repeat_interleave(P, 0)
+                pred_context_index = context_index.repeat_interleave(P, 0)
             pred = self.predictor(pred_context, pred_context_index, target_index, grid, mask_token=i)
             outputs.append({"context": context, "predicted": pred, "target": target})
         return targets, outputs
