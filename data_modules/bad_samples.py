@@ -22,6 +22,7 @@ from .decoding import BadVideo
 log = logging.getLogger("arjepa_pl.data")
 
 T = TypeVar("T")
+K = TypeVar("K", bound=Hashable)  # what identifies a sample: an index, a (set, shard, member) key, ...
 
 
 class TooManyBadVideos(RuntimeError):
@@ -59,10 +60,10 @@ class BadSampleGuard:
 
     def load(
         self,
-        key: Hashable,
-        load: Callable[[Hashable, int], T],
-        replacement: Callable[[int], Hashable],
-        describe: Callable[[Hashable], str],
+        key: K,
+        load: Callable[[K, int], T],
+        replacement: Callable[[int], K],
+        describe: Callable[[K], str],
     ) -> tuple[T, list[str]]:
         """(load(key, 0), []) or, if that video is bad, (load(replacement(a), a), skipped entries).
 

@@ -147,7 +147,8 @@ class ClipDataModule(pl.LightningDataModule):
     def setup(self, stage: str | None = None) -> None:
         if self.trainer is not None:
             self.world_size, self.rank = self.trainer.world_size, self.trainer.global_rank
-            callbacks = self.trainer.callbacks
+            # Trainer.callbacks is set by Lightning's CallbackConnector but not declared on the class.
+            callbacks = self.trainer.callbacks  # type: ignore[attr-defined]
             if self.report_skipped and not any(isinstance(c, SkippedVideosReport) for c in callbacks):
                 # First, so its count is updated before a checkpoint callback saves it.
                 callbacks.insert(0, SkippedVideosReport())
@@ -212,7 +213,10 @@ class VideoDataModule(ClipDataModule):
     """
 
     val_option = "val_manifest"
-    dataset_class = VideoClipDataset  # what one manifest entry becomes (FrameDataModule: one image)
+    # What one manifest entry becomes (FrameDataModule: one image), called as (manifest, train=..., **options).
+    dataset_class: Callable[..., VideoClipDataset] = VideoClipDataset
+    train_dataset: VideoClipDataset | None
+    val_dataset: VideoClipDataset | None
 
     def __init__(
         self,
@@ -237,7 +241,7 @@ class VideoDataModule(ClipDataModule):
 
     def _manifests(self) -> tuple[str | list[str], str | list[str] | None]:
         """(train, val) manifest paths, generating the demo set if it is used."""
-        if not self.uses_demo:
+        if self.train_manifest is not None:  # not uses_demo
             return self.train_manifest, self.val_manifest
         demo = ensure_demo_videos(Path(self.demo_dir) if self.demo_dir else default_demo_dir())
         return str(demo.train), self.val_manifest or str(demo.val)
@@ -266,6 +270,8 @@ class VideoDataModule(ClipDataModule):
 
     def train_dataloader(self) -> DataLoader:
         self._require_setup()
+        assert self.train_dataset is not None  # checked by _require_setup
+        sampler: ClipSampler
         if self.mix_weights is not None or self.iterations_per_epoch is not None:
             sizes = self.train_dataset.source_sizes
             sampler = WeightedClipSampler(

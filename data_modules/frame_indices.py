@@ -26,6 +26,7 @@ def resolve_frame_step(
         return frame_step
     if fps is not None:
         return max(1, int(round(video_fps / fps)))
+    assert duration is not None  # neither set returned above
     return max(1, int(round(duration * video_fps / frames_per_clip)))
 
 

@@ -111,6 +111,7 @@ class FrameDataModule(VideoDataModule):
 
     def setup(self, stage: str | None = None) -> None:
         super().setup(stage)
+        assert self.train_dataset is not None  # built by VideoDataModule.setup
         per_rank = len(self.train_dataset) // self.world_size
         if self.drop_last and per_rank < self.batch_size:
             # Otherwise every epoch is empty and fit ends at step 0 without a word.

@@ -18,7 +18,7 @@ def read_manifest(path: str | os.PathLike) -> list[tuple[str, int]]:
         raise FileNotFoundError(f"manifest not found: {path} (expected a text file of 'VIDEO_PATH LABEL' lines)")
 
     base = path.resolve().parent
-    samples = []
+    samples: list[tuple[str, int]] = []
     with open(path, encoding="utf-8") as f:
         for lineno, line in enumerate(f, start=1):
             fields = line.split()
@@ -29,11 +29,11 @@ def read_manifest(path: str | os.PathLike) -> list[tuple[str, int]]:
                     f"{path}:{lineno}: expected 2 fields 'VIDEO_PATH LABEL', got {len(fields)}: {line.strip()!r}"
                     " (paths with spaces are not supported)"
                 )
-            video, label = fields
+            video, label_text = fields
             try:
-                label = int(label)
+                label = int(label_text)
             except ValueError:
-                raise ValueError(f"{path}:{lineno}: label must be an integer, got {label!r}") from None
+                raise ValueError(f"{path}:{lineno}: label must be an integer, got {label_text!r}") from None
             samples.append((str(base / video), label))  # an absolute `video` stays as it is
 
     if not samples:

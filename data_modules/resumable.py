@@ -4,11 +4,17 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, Protocol, cast
 
 from torch.utils.data import DataLoader, IterableDataset
 
 log = logging.getLogger("arjepa_pl.data")
+
+
+class SelfBatching(Protocol):
+    """An iterable dataset that yields whole batches (loaded with batch_size=None)."""
+
+    batch_size: int
 
 
 class ResumableDataLoader(DataLoader):
@@ -50,7 +56,8 @@ class ResumableDataLoader(DataLoader):
     def _clock(self):
         return self.dataset if isinstance(self.dataset, IterableDataset) else self.sampler
 
-    def __iter__(self) -> Iterator:
+    # A generator over DataLoader's own iterator (it counts the batches), not a _BaseDataLoaderIter.
+    def __iter__(self) -> Iterator:  # type: ignore[override]
         clock, iterable = self._clock, isinstance(self.dataset, IterableDataset)
         if self._completed and iterable:
             clock.set_epoch(clock.epoch + 1)
@@ -97,4 +104,4 @@ class ResumableDataLoader(DataLoader):
 
     def _batch_size(self) -> int:
         # An iterable dataset that makes its own batches is loaded with batch_size=None.
-        return int(self.batch_size if self.batch_size is not None else self.dataset.batch_size)
+        return int(self.batch_size if self.batch_size is not None else cast(SelfBatching, self.dataset).batch_size)

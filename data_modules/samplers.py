@@ -3,7 +3,8 @@ start an epoch part-way (exact mid-epoch resume)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Sequence, Sized
+from typing import cast
 
 import numpy as np
 from torch.utils.data import Dataset, DistributedSampler
@@ -52,7 +53,9 @@ class ClipSampler(DistributedSampler):
 
     def resume_signature(self) -> dict:
         """What must not change for a mid-epoch position to mean the same samples."""
-        return {"world_size": self.num_replicas, "dataset_size": len(self.dataset), "sampler": type(self).__name__}
+        # Map-style datasets have a length; torch's Dataset type does not declare one.
+        dataset_size = len(cast(Sized, self.dataset))
+        return {"world_size": self.num_replicas, "dataset_size": dataset_size, "sampler": type(self).__name__}
 
     def __iter__(self) -> Iterator[tuple[int, int, int]]:
         epoch, start = self.epoch, self._start  # fixed now, even if set_epoch is called while iterating
@@ -93,11 +96,12 @@ class WeightedClipSampler(ClipSampler):
         self.source_sizes = np.asarray(source_sizes, dtype=np.int64)
         self.weights = np.asarray(weights, dtype=np.float64)
         check_mixture(self.source_sizes, self.weights)
-        if self.source_sizes.sum() != len(dataset):
-            raise ValueError(f"source sizes {list(source_sizes)} do not add up to the dataset's {len(dataset)} samples")
+        dataset_size = len(cast(Sized, dataset))
+        if self.source_sizes.sum() != dataset_size:
+            raise ValueError(f"source sizes {list(source_sizes)} do not add up to the dataset's {dataset_size} samples")
         if num_samples is not None and num_samples < 1:
             raise ValueError(f"num_samples must be >= 1, got {num_samples}")
-        self.num_samples = num_samples or max(len(dataset) // num_replicas, 1)
+        self.num_samples = num_samples or max(dataset_size // num_replicas, 1)
         self.total_size = self.num_samples * num_replicas
         self._starts = np.concatenate([[0], np.cumsum(self.source_sizes)[:-1]])
 

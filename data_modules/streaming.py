@@ -165,7 +165,8 @@ class ShardClipStream(IterableDataset):
         where = self.sources[0].url if len(self.sources) == 1 else f"{len(self.sources)} shard sets"
         self.guard = BadSampleGuard(max_retries, max_bad_fraction, min_reads=min(64, sum(self.sizes)), where=where)
         self.epoch, self._start_batch = 0, 0
-        self._cache: dict[int, tuple[int, dict]] = {}  # set -> (shard, {key: sample}) being read
+        # set -> (shard, ({key: sample}, read error or None)) being read
+        self._cache: dict[int, tuple[int, tuple[dict, str | None]]] = {}
         self._needed: dict[tuple[int, int], set[int]] = {}
         self._names: dict[tuple[int, int, int], str] = {}  # of the bad samples met, for reports
 
@@ -300,6 +301,8 @@ class StreamingVideoDataModule(ClipDataModule):
     """
 
     val_option = "val_shards"
+    train_dataset: ShardClipStream | None
+    val_dataset: ShardClipStream | None
 
     def __init__(
         self,

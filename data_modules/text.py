@@ -32,7 +32,8 @@ def default_text_root() -> Path:
 def split_files(root: Path, pattern: str, val_percent: float) -> tuple[list[Path], list[Path]]:
     """(train, val) files under root matching pattern, sorted; a file is in val when the crc32 of its
     relative path falls in the first val_percent of the hash range."""
-    train, val = [], []
+    train: list[Path] = []
+    val: list[Path] = []
     for path in sorted(root.rglob(pattern)):
         rel = path.relative_to(root)
         if not path.is_file() or any(part in EXCLUDED_DIRS for part in rel.parts[:-1]):
@@ -151,9 +152,11 @@ class ByteTextDataModule(pl.LightningDataModule):
                           num_workers=self.num_workers, persistent_workers=self.num_workers > 0)
 
     def train_dataloader(self) -> DataLoader:
+        assert self.train_dataset is not None, "setup() builds the datasets"
         return self._loader(self.train_dataset, True, self.batch_size)
 
     def val_dataloader(self) -> DataLoader:
+        assert self.val_dataset is not None, "setup() builds the datasets"
         return self._loader(self.val_dataset, False, self.batch_size)
 
     def test_dataloader(self) -> DataLoader:
