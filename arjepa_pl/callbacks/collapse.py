@@ -15,7 +15,7 @@ from __future__ import annotations
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Optional, Protocol, runtime_checkable
+from typing import Any, Optional, Protocol, cast, runtime_checkable
 
 import lightning.pytorch as L
 import torch
@@ -147,7 +147,8 @@ class CollapseMonitor(L.Callback):
         pl_module.eval()
         try:
             with trainer.precision_plugin.forward_context():
-                features = pl_module.collapse_features(self._held)
+                # setup() checked that the module has collapse_features.
+                features = cast(ExposesCollapseFeatures, pl_module).collapse_features(self._held)
         finally:
             pl_module.train(was_training)
         metrics = {}
@@ -199,10 +200,11 @@ class CollapseMonitor(L.Callback):
         )
 
     def _checkpoint_path(self, trainer: L.Trainer, step: int) -> Path:
+        dirpath = getattr(trainer.checkpoint_callback, "dirpath", None)  # a ModelCheckpoint's folder
         if self.checkpoint_dir is not None:
             folder = Path(self.checkpoint_dir)
-        elif trainer.checkpoint_callback is not None and getattr(trainer.checkpoint_callback, "dirpath", None):
-            folder = Path(trainer.checkpoint_callback.dirpath)
+        elif dirpath:
+            folder = Path(dirpath)
         else:
             folder = Path(trainer.default_root_dir) / "checkpoints"
         return folder / f"collapse-step{step:06d}.ckpt"

@@ -120,18 +120,20 @@ class MediaLogger(L.Callback):
         media = {}
         encoder = getattr(pl_module, "encoder", None)
         if trainer.is_global_zero and isinstance(batch, dict) and batch.get("masks") and "video" in batch \
-                and hasattr(encoder, "patch_size"):
-            data = trainer.datamodule
+                and encoder is not None and hasattr(encoder, "patch_size"):
+            # Trainer.datamodule is set by Lightning's DataConnector but not declared on the class.
+            data = trainer.datamodule  # type: ignore[attr-defined]
             media.update(mask_pictures(batch["video"], batch["masks"], getattr(encoder, "tubelet_size", 1),
                                        encoder.patch_size, getattr(data, "mean", None), getattr(data, "std", None),
                                        num_frames=self.num_frames))
-        if callable(getattr(pl_module, "media", None)):
+        module_media = getattr(pl_module, "media", None)
+        if callable(module_media):
             training = pl_module.training
             pl_module.eval()
             try:
                 with torch.no_grad(), trainer.precision_plugin.forward_context():
                     on_device = apply_to_collection(batch, torch.Tensor, lambda t: t.to(pl_module.device))
-                    media.update(pl_module.media(on_device))
+                    media.update(module_media(on_device))
             finally:
                 pl_module.train(training)
         return media
@@ -139,6 +141,7 @@ class MediaLogger(L.Callback):
     def log_media(self, trainer: L.Trainer, pl_module: L.LightningModule, batch, step: int) -> None:
         media = self.collect(trainer, pl_module, batch)
         if trainer.is_global_zero and media:
+            assert self.dirpath is not None  # resolved in setup()
             captions = {name: MASK_CAPTION for name in media if name.startswith("masks")}
             write_media(media, self.dirpath, step, trainer.loggers, fps=self.fps, captions=captions)
         self._logged_step = step

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from typing import Any, Literal, Optional
+from typing import Any, Literal, Optional, cast
 
 import lightning.pytorch as L
 import torch
@@ -28,6 +28,7 @@ from torch.distributed.tensor import DTensor
 
 from arjepa_pl.evaluation.multiview import flatten_views
 from arjepa_pl.evaluation.tasks import ProbeTask, as_tasks
+from arjepa_pl.models.features import FeatureExtractor
 from arjepa_pl.optim import decay_groups
 
 
@@ -86,9 +87,11 @@ class OnlineProbe(L.Callback):
         self.bank_next = 0  # the ring buffer's next slot
         # Per process only.
         self.seconds = 0.0  # wall time spent probing (training and validation): the callback's cost
-        self._extractor = None
+        self._extractor: Optional[FeatureExtractor] = None
         self._pending: Optional[dict] = None  # a checkpoint's state that arrived before the head existed
-        self._train_counts = self._val_counts = None  # [tasks, 2]: correct, seen since the last validation
+        # [tasks, 2]: correct, seen since the last validation (made anew on the module's device in on_fit_start)
+        self._train_counts = torch.zeros(len(self.tasks), 2, dtype=torch.long)
+        self._val_counts = torch.zeros_like(self._train_counts)
 
     # -- lifecycle ---------------------------------------------------------------------------------
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
@@ -121,12 +124,14 @@ class OnlineProbe(L.Callback):
                 "probe the saved checkpoints with the frozen probes")
         device = pl_module.device
         if self.head is not None:
+            assert self.optimizer is not None  # built with the head
             self.head.to(device)
             for state in self.optimizer.state.values():  # after a resume the state may sit on the CPU
                 for key, value in state.items():
                     if torch.is_tensor(value) and key != "step":
                         state[key] = value.to(device)
         if self.bank is not None:
+            assert self.bank_labels is not None  # built with the bank
             self.bank, self.bank_labels = self.bank.to(device), self.bank_labels.to(device)
         self._train_counts = torch.zeros(len(self.tasks), 2, device=device, dtype=torch.long)
         self._val_counts = torch.zeros_like(self._train_counts)
@@ -179,6 +184,7 @@ class OnlineProbe(L.Callback):
         running statistics would lag a moving encoder and differ between DDP ranks; this has none.
         """
         extractor = self._extractor
+        assert extractor is not None, "on_fit_start sets the feature extractor"
         key = "video" if extractor.encoder.video else "image"
         if not isinstance(batch, dict) or key not in batch or "label" not in batch:
             keys = sorted(batch) if isinstance(batch, dict) else type(batch).__name__
@@ -214,23 +220,28 @@ class OnlineProbe(L.Callback):
         """One [B, classes] score tensor per task (kNN: vote weights)."""
         if self.method == "knn":
             return self.knn_logits(features)
+        assert self.head is not None  # built in setup("fit") for the linear method
         with torch.no_grad():
             return list(self.head(features).split(self.num_classes, dim=-1))
 
     def _linear_step(self, features: torch.Tensor, targets: list[torch.Tensor]) -> torch.Tensor:
+        head, optimizer = self.head, self.optimizer
+        assert head is not None and optimizer is not None  # built in setup("fit") for the linear method
         with torch.enable_grad():
-            logits = self.head(features).split(self.num_classes, dim=-1)
+            logits = head(features).split(self.num_classes, dim=-1)
             # Summed over tasks: each task's rows of the head only get its own loss's gradient.
-            loss = sum(F.cross_entropy(lg, y) for lg, y in zip(logits, targets))
-            self.optimizer.zero_grad(set_to_none=True)
+            # (A sum of tensors: there is at least one task.)
+            loss = cast(torch.Tensor, sum(F.cross_entropy(lg, y) for lg, y in zip(logits, targets)))
+            optimizer.zero_grad(set_to_none=True)
             loss.backward()
         if torch.distributed.is_available() and torch.distributed.is_initialized():
             # Each rank saw its own batch: averaging the gradients keeps the heads identical (as DDP would).
             world = torch.distributed.get_world_size()
-            for p in self.head.parameters():
+            for p in head.parameters():
+                assert p.grad is not None  # every weight of the head is in the loss
                 torch.distributed.all_reduce(p.grad)
                 p.grad.div_(world)
-        self.optimizer.step()
+        optimizer.step()
         return self._correct([lg.detach() for lg in logits], targets)
 
     @staticmethod
@@ -242,6 +253,7 @@ class OnlineProbe(L.Callback):
     # -- kNN ---------------------------------------------------------------------------------------
     def knn_logits(self, features: torch.Tensor) -> list[torch.Tensor]:
         """Weighted votes of the k nearest bank entries (cosine similarity), per task [B, classes]."""
+        assert self.bank is not None and self.bank_labels is not None  # built in setup("fit") for kNN
         filled = self.bank_labels >= 0
         bank, labels = self.bank[filled], self.bank_labels[filled]
         queries = F.normalize(features, dim=-1)
@@ -257,6 +269,7 @@ class OnlineProbe(L.Callback):
 
     def _remember(self, features: torch.Tensor, labels: torch.Tensor) -> None:
         """Write clips into the ring buffer, replacing the oldest."""
+        assert self.bank is not None and self.bank_labels is not None  # built in setup("fit") for kNN
         n = min(features.shape[0], self.bank_size)
         slots = (self.bank_next + torch.arange(n, device=self.bank.device)) % self.bank_size
         self.bank[slots] = F.normalize(features[-n:], dim=-1).to(self.bank.dtype)
@@ -282,7 +295,7 @@ class OnlineProbe(L.Callback):
 
     # -- plumbing ----------------------------------------------------------------------------------
     @staticmethod
-    def _feature_extractor(pl_module: L.LightningModule):
+    def _feature_extractor(pl_module: L.LightningModule) -> FeatureExtractor:
         extractor = getattr(pl_module, "feature_extractor", lambda: None)()
         if extractor is None:
             raise TypeError(f"OnlineProbe needs an objective with a vision encoder: {type(pl_module).__name__} "
@@ -304,9 +317,11 @@ class OnlineProbe(L.Callback):
     def state_dict(self) -> dict:
         state = {"signature": self._signature(), "batches_seen": self.batches_seen, "probe_steps": self.probe_steps}
         if self.head is not None:
+            assert self.optimizer is not None  # built with the head
             state["head"] = {k: v.detach().cpu() for k, v in self.head.state_dict().items()}
             state["optimizer"] = self.optimizer.state_dict()
         if self.bank is not None:
+            assert self.bank_labels is not None  # built with the bank
             state.update(bank=self.bank.cpu(), bank_labels=self.bank_labels.cpu(), bank_next=self.bank_next)
         return state
 
@@ -322,10 +337,14 @@ class OnlineProbe(L.Callback):
 
     def _restore(self) -> None:
         state, self._pending = self._pending, None
+        assert state is not None  # called with a pending checkpoint state
         self.batches_seen, self.probe_steps = state["batches_seen"], state["probe_steps"]
         if self.method == "linear":
+            # setup() / load_state_dict() call this once they exist.
+            assert self.head is not None and self.optimizer is not None
             self.head.load_state_dict(state["head"])
             self.optimizer.load_state_dict(state["optimizer"])
         else:
+            assert self.bank is not None  # setup() / load_state_dict() call this once it exists
             self.bank, self.bank_labels = state["bank"].to(self.bank.device), state["bank_labels"].to(self.bank.device)
             self.bank_next = state["bank_next"]

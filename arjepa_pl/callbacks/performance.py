@@ -17,10 +17,8 @@ import lightning.pytorch as L
 import torch
 from torch.utils.flop_counter import FlopCounterMode, sdpa_backward_flop_count, sdpa_flop_count
 
-try:  # not on Windows
+if sys.platform != "win32":  # Unix only
     import resource
-except ImportError:  # pragma: no cover
-    resource = None
 
 # Dense (no sparsity) peak tensor throughput in TFLOP/s, from NVIDIA's data sheets. The first entry
 # whose name fragment is in torch.cuda.get_device_name() wins, so specific names come first.
@@ -90,14 +88,14 @@ def batch_clips_and_tokens(pl_module: L.LightningModule, batch) -> tuple[int, Op
         return (int(first.size(0)) if torch.is_tensor(first) else 1), None
     encoder = getattr(pl_module, "encoder", None)
     tokens = None
-    if hasattr(encoder, "token_grid"):
+    if encoder is not None and hasattr(encoder, "token_grid"):
         tokens = video.size(0) * math.prod(encoder.token_grid(video.shape))
     return int(video.size(0)), tokens
 
 
 def peak_rss_bytes() -> Optional[int]:
     """Peak resident memory of this process (not its DataLoader workers)."""
-    if resource is None:
+    if sys.platform == "win32":
         return None
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return rss if sys.platform == "darwin" else rss * 1024  # bytes on macOS, KiB on Linux
@@ -155,6 +153,7 @@ class PerformanceMonitor(L.Callback):
 
     def _stop_counting(self) -> None:
         if self._counting:
+            assert self._counter is not None  # counting means a counter was entered
             self._counter.__exit__(None, None, None)
             self._counting = False
 
@@ -165,11 +164,12 @@ class PerformanceMonitor(L.Callback):
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         clips, tokens = batch_clips_and_tokens(pl_module, batch)
-        counted = self._counter is not None
-        if counted:
+        counter = self._counter
+        counted = counter is not None
+        if counter is not None:
             self._stop_counting()
             if self._saw_backward:  # else (a skipped step) count the next batch
-                self.flops_per_clip = self._counter.get_total_flops() / clips
+                self.flops_per_clip = counter.get_total_flops() / clips
             self._counter = None
         now = time.perf_counter()
         # Skip the counted step (it ran slower) and one interrupted mid-step (another callback saved a

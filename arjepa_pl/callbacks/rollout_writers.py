@@ -41,6 +41,7 @@ class RolloutWriter(BasePredictionWriter):
             raise ValueError(f"max_clips must be >= 0 and fps >= 1, got {max_clips}, {fps}")
         self.output_dir, self.max_clips, self.fps = output_dir, max_clips, fps
         self.model_metrics: Optional[HorizonMetrics] = None
+        self.baseline_metrics: Optional[HorizonMetrics] = None
 
     def on_predict_start(self, trainer, pl_module) -> None:
         self.dir = _run_dir(trainer, self.output_dir, "rollouts")
@@ -54,6 +55,7 @@ class RolloutWriter(BasePredictionWriter):
             self.context_frames, self.horizon = context.size(2), truth.size(2)
             self.model_metrics = HorizonMetrics(self.horizon).to(truth.device)
             self.baseline_metrics = HorizonMetrics(self.horizon).to(truth.device)
+        assert self.baseline_metrics is not None  # sized with model_metrics
         self.model_metrics.update(pred, truth)
         self.baseline_metrics.update(context[:, :, -1:].expand_as(truth), truth)  # copy the last context frame
         index = prediction.get("index")
@@ -70,6 +72,7 @@ class RolloutWriter(BasePredictionWriter):
     def on_predict_end(self, trainer, pl_module) -> None:
         if self.model_metrics is None:
             return
+        assert self.baseline_metrics is not None  # sized with model_metrics
         model, baseline = self.model_metrics.compute(), self.baseline_metrics.compute()  # synced over ranks
         clips = int(self.model_metrics.clips)
         if trainer.global_rank != 0:

@@ -46,11 +46,14 @@ class RunSummary(L.Callback):
 
     def summary(self, trainer: L.Trainer, stage: str) -> dict:
         clips = self.train_clips * trainer.world_size
-        monitors = [c for c in trainer.callbacks if isinstance(c, PerformanceMonitor) and c.flops_per_clip]
+        # Trainer.callbacks is set by Lightning's CallbackConnector but not declared on the class.
+        callbacks = trainer.callbacks  # type: ignore[attr-defined]
+        flops_per_clip = next((c.flops_per_clip for c in callbacks
+                               if isinstance(c, PerformanceMonitor) and c.flops_per_clip), None)
         metrics = {k: float(v) for k, v in trainer.callback_metrics.items()
                    if isinstance(v, (int, float)) or (torch.is_tensor(v) and v.numel() == 1)}
         return {"stage": stage, "global_step": trainer.global_step, "fit_seconds": self._elapsed(),
-                "train_clips": clips, "train_flops": monitors[0].flops_per_clip * clips if monitors else None,
+                "train_clips": clips, "train_flops": flops_per_clip * clips if flops_per_clip is not None else None,
                 "metrics": metrics}
 
     def _write(self, trainer: L.Trainer, stage: str) -> None:

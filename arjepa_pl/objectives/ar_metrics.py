@@ -7,6 +7,7 @@ stand for, so it is comparable only across models that share a tokenizer.
 """
 
 import math
+from typing import cast
 
 import torch
 from torchmetrics import Metric
@@ -20,6 +21,8 @@ class BitsPerUnit(Metric):
     """
 
     full_state_update = False
+    nll: torch.Tensor  # states (add_state)
+    units: torch.Tensor
 
     def __init__(self, **kwargs):
         super().__init__(**kwargs)
@@ -39,6 +42,7 @@ class CodeUsage(Metric):
     code histogram (num_codes when every code is equally frequent, 1 when a single code is used)."""
 
     full_state_update = False
+    counts: torch.Tensor  # state (add_state)
 
     def __init__(self, num_codes: int, **kwargs):
         super().__init__(**kwargs)
@@ -63,6 +67,10 @@ class HorizonMetrics(Metric):
     """
 
     full_state_update = False
+    mse: torch.Tensor  # states (add_state)
+    psnr: torch.Tensor
+    ssim: torch.Tensor
+    clips: torch.Tensor
 
     def __init__(self, horizon: int, **kwargs):
         super().__init__(**kwargs)
@@ -80,7 +88,8 @@ class HorizonMetrics(Metric):
         t = truth.float().permute(0, 2, 1, 3, 4).reshape(B * T, C, H, W)
         mse = (p - t).pow(2).mean((1, 2, 3))
         psnr = peak_signal_noise_ratio(p, t, data_range=1.0, reduction="none", dim=(1, 2, 3)).clamp(max=100.0)
-        ssim = structural_similarity_index_measure(p, t, data_range=1.0, reduction="none")
+        # A tensor: the tuple return is only for return_full_image / return_contrast_sensitivity.
+        ssim = cast(torch.Tensor, structural_similarity_index_measure(p, t, data_range=1.0, reduction="none"))
         for name, value in (("mse", mse), ("psnr", psnr), ("ssim", ssim)):
             state = getattr(self, name)
             state += value.view(B, T).sum(0).to(torch.float64)
