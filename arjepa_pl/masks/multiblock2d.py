@@ -63,7 +63,8 @@ class MultiBlock2DConfig:
                 raise ValueError(f"I-JEPA multi-block masks are 2-D, but the token grid is {tuple(grid)} (video): "
                                  "use an image encoder (video: false), or MaskConfig masks for video")
             grid = grid[1:]
-        return sample_multiblock2d(rng, batch_size, grid, self)
+        H, W = grid
+        return sample_multiblock2d(rng, batch_size, (H, W), self)
 
 
 IJEPA_DEFAULT_MASKS = (MultiBlock2DConfig(),)

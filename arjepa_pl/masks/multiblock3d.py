@@ -88,7 +88,8 @@ class MaskConfig:
     def sample(self, rng: np.random.Generator, batch_size: int,
                grid: tuple[int, ...]) -> tuple[torch.Tensor, torch.Tensor]:
         """One batch of masks on a (T, H, W) grid, or an image's (H, W) grid taken as one time step."""
-        return sample_multiblock3d(rng, batch_size, grid if len(grid) == 3 else (1, *grid), self)
+        T, H, W = grid if len(grid) == 3 else (1, *grid)
+        return sample_multiblock3d(rng, batch_size, (T, H, W), self)
 
 
 SHORT_RANGE = MaskConfig(8, (0.15, 0.15))
@@ -175,7 +176,7 @@ def sample_target_masks(
     cutoff = max(1, int(T * cfg.max_temporal_keep))
 
     def draw(n: int) -> np.ndarray:
-        m = place_boxes(rng, n, grid, size, cfg.num_blocks).any(axis=1)  # union of the boxes
+        m = np.any(place_boxes(rng, n, grid, size, cfg.num_blocks), axis=1)  # union of the boxes
         m[:, cutoff:] = True
         return m
 

@@ -22,6 +22,8 @@ class ByteGPT(nn.Module):
     With `caches` (one KVCache per block) `idx` holds only the new tokens, placed after the cached ones.
     """
 
+    pos_table: torch.Tensor  # buffer (register_buffer)
+
     def __init__(
         self,
         embed_dim: int = 256,

@@ -49,6 +49,6 @@ def next_step_outputs(encoder: VisionTransformer, head: nn.Module, video: torch.
         raise ValueError(f"the cache holds {start} tokens: not a whole number of steps before the last "
                          f"of this {T}-step clip ({H * W} tokens per step)")
     mask = block_causal_mask(T, H * W, prefix_steps, tokens.device)[start:]
-    if mask.all():
-        mask = None  # nothing hidden (e.g. one new step after the cache): use the unmasked kernels
-    return head(encoder.forward_tokens(tokens[:, start:], mask, caches))
+    # Nothing hidden (e.g. one new step after the cache): no mask, so the unmasked kernels run.
+    attn_mask = None if mask.all() else mask
+    return head(encoder.forward_tokens(tokens[:, start:], attn_mask, caches))

@@ -53,6 +53,9 @@ class PatchKMeans(nn.Module):
     The codebook is a buffer (saved in every checkpoint) and `fitted` says whether it holds a fit.
     """
 
+    codebook: torch.Tensor  # buffers (register_buffer)
+    fitted: torch.Tensor
+
     def __init__(self, num_codes: int, dim: int):
         super().__init__()
         if num_codes < 2:

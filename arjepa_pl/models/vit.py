@@ -5,7 +5,7 @@ blocks.i.mlp.fc1, norm, ...) so their checkpoints map onto ours by stripping pre
 """
 
 import math
-from typing import Optional, Sequence, Union
+from typing import Iterable, Optional, Sequence, Union, cast
 
 import torch
 import torch.nn.functional as F
@@ -94,7 +94,7 @@ class Block(nn.Module):
         return x + self.mlp(self.norm2(x))
 
 
-def init_transformer_weights(module: nn.Module, blocks: nn.ModuleList) -> None:
+def init_transformer_weights(module: nn.Module, blocks: Iterable[nn.Module]) -> None:
     """Truncated-normal(0.02) weights, zero biases, unit LayerNorms; then each block's residual output
     projections are divided by sqrt(2 * layer) so the residual stream's variance does not grow with depth."""
     for m in module.modules():
@@ -106,7 +106,8 @@ def init_transformer_weights(module: nn.Module, blocks: nn.ModuleList) -> None:
             nn.init.ones_(m.weight)
             nn.init.zeros_(m.bias)
     with torch.no_grad():
-        for layer, block in enumerate(blocks, start=1):
+        # Blocks (a ModuleList types its items as nn.Module).
+        for layer, block in enumerate(cast(Iterable[Block], blocks), start=1):
             block.attn.proj.weight.div_(math.sqrt(2.0 * layer))
             block.mlp.fc2.weight.div_(math.sqrt(2.0 * layer))
 
@@ -159,7 +160,7 @@ class VisionTransformer(nn.Module):
         super().__init__()
         if preset is not None and preset not in VIT_PRESETS:
             raise ValueError(f"unknown ViT preset {preset!r}; choose one of {sorted(VIT_PRESETS)}")
-        sizes = dict(VIT_PRESETS.get(preset, {}))
+        sizes = dict(VIT_PRESETS[preset]) if preset is not None else {}
         for name, value in (("embed_dim", embed_dim), ("depth", depth), ("num_heads", num_heads)):
             if value is not None:
                 sizes[name] = value
@@ -195,7 +196,8 @@ class VisionTransformer(nn.Module):
     def embed(self, x: torch.Tensor) -> torch.Tensor:
         """Patchify and add positions: [B, C, (T,) H, W] -> [B, N, D]."""
         grid = self.token_grid(x.shape)
-        tokens = self.patch_embed.proj(x).flatten(2).transpose(1, 2)
+        proj = cast(nn.Module, self.patch_embed.proj)  # the Conv3d / Conv2d made in __init__
+        tokens = proj(x).flatten(2).transpose(1, 2)
         return tokens + self.pos_embed(grid, tokens.device, tokens.dtype)
 
     def forward_tokens(self, tokens: torch.Tensor, attn_mask: Optional[torch.Tensor] = None,
