@@ -5,7 +5,7 @@ download. Fixed sin-cos positions, like the ViT; input embedding and output laye
 """
 
 import math
-from typing import Optional
+from typing import Any, Optional
 
 import torch
 from torch import nn
@@ -38,7 +38,7 @@ class ByteGPT(nn.Module):
         if max_seq_len < 2:
             raise ValueError(f"max_seq_len must be >= 2, got {max_seq_len}")
         self.embed_dim, self.max_seq_len, self.vocab_size = embed_dim, max_seq_len, vocab_size
-        self.config = dict(embed_dim=embed_dim, depth=depth, num_heads=num_heads, mlp_ratio=mlp_ratio,
+        self.config: dict[str, Any] = dict(embed_dim=embed_dim, depth=depth, num_heads=num_heads, mlp_ratio=mlp_ratio,
                            max_seq_len=max_seq_len, vocab_size=vocab_size, norm_eps=norm_eps)
         self.tok_embed = nn.Embedding(vocab_size, embed_dim)
         self.embed_scale = math.sqrt(embed_dim)

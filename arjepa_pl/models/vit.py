@@ -5,7 +5,7 @@ blocks.i.mlp.fc1, norm, ...) so their checkpoints map onto ours by stripping pre
 """
 
 import math
-from typing import Iterable, Optional, Sequence, Union, cast
+from typing import Any, Iterable, Optional, Sequence, Union, cast
 
 import torch
 import torch.nn.functional as F
@@ -170,7 +170,7 @@ class VisionTransformer(nn.Module):
         self.embed_dim, self.depth, self.num_heads = sizes["embed_dim"], sizes["depth"], sizes["num_heads"]
         self.patch_size, self.tubelet_size, self.video = patch_size, (tubelet_size if video else 1), video
         # Everything needed to rebuild this module (exported with checkpoints).
-        self.config = dict(
+        self.config: dict[str, Any] = dict(
             embed_dim=self.embed_dim, depth=self.depth, num_heads=self.num_heads, mlp_ratio=mlp_ratio,
             patch_size=patch_size, tubelet_size=tubelet_size, in_chans=in_chans, video=video,
             qkv_bias=qkv_bias, uniform_power=uniform_power, norm_eps=norm_eps,

@@ -80,7 +80,8 @@ class NextStepObjective(ScheduledModule):
 
     # -- shared --------------------------------------------------------------------------------------
     def setup(self, stage: str) -> None:
-        datamodule = self.trainer.datamodule if self._trainer is not None else None
+        # Trainer.datamodule is set by Lightning's DataConnector but not declared on the class.
+        datamodule = self.trainer.datamodule if self._trainer is not None else None  # type: ignore[attr-defined]
         if datamodule is not None and hasattr(datamodule, "mean") and hasattr(datamodule, "std"):
             self.pixel_mean, self.pixel_std = tuple(datamodule.mean), tuple(datamodule.std)
 

@@ -95,7 +95,8 @@ class ARVideoTokens(NextStepObjective):
 
     def _fit_patches(self) -> torch.Tensor:
         """Patches of `tokenizer_clips` training clips at evenly spread indices: the same on every rank."""
-        dataset = getattr(self.trainer.datamodule, "train_dataset", None)
+        # Trainer.datamodule is set by Lightning's DataConnector but not declared on the class.
+        dataset = getattr(self.trainer.datamodule, "train_dataset", None)  # type: ignore[attr-defined]
         if dataset is None or not hasattr(dataset, "__getitem__"):
             raise ValueError("fitting the tokenizer needs a datamodule with a map-style `train_dataset` "
                              "(e.g. data_modules.VideoDataModule), or an existing tokenizer_path")

@@ -265,10 +265,11 @@ class JEPA(ScheduledModule):
         if self.target_encoder is None:
             raise RuntimeError("teacher='stop_grad' has no target encoder to update")
         for module in (self.encoder, self.target_encoder):
-            if callable(getattr(module, "reshard", None)):  # an FSDP2 module
-                module.reshard()
-        online = list(self.encoder.parameters())
-        target = list(self.target_encoder.parameters())
+            reshard = getattr(module, "reshard", None)
+            if callable(reshard):  # an FSDP2 module
+                reshard()
+        online: list[torch.Tensor] = list(self.encoder.parameters())
+        target: list[torch.Tensor] = list(self.target_encoder.parameters())
         torch._foreach_lerp_(target, online, 1.0 - momentum)
 
 
