@@ -151,7 +151,7 @@ def checkpoint_time(path: Path) -> float:
     return (path / SHARDED_COMPLETE_MARKER).stat().st_mtime if path.is_dir() else path.stat().st_mtime
 
 
-def find_resume_checkpoint(directories: Iterable[os.PathLike]) -> Optional[Path]:
+def find_resume_checkpoint(directories: Iterable[Optional[str | os.PathLike]]) -> Optional[Path]:
     """The most recently written complete checkpoint directly inside any of `directories`, or None."""
     candidates = []
     for directory in {Path(d) for d in directories if d is not None}:
@@ -189,7 +189,9 @@ def resolve_ckpt_path(trainer: L.Trainer, ckpt_path: Optional[str]) -> Optional[
 
 def rng_state() -> dict:
     """This process's RNG states, in types that load with weights_only=True."""
-    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    legacy_state = np.random.get_state()  # legacy=True (the default): the tuple, not the dict form
+    assert isinstance(legacy_state, tuple)
+    kind, keys, pos, has_gauss, gauss = legacy_state
     state = {"torch": torch.get_rng_state(), "python": random.getstate(),
              "numpy": {"kind": kind, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
                        "has_gauss": int(has_gauss), "gauss": float(gauss)}}
@@ -220,7 +222,7 @@ class RandomState(L.Callback):
     def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict) -> None:
         state = rng_state()
         if torch.distributed.is_available() and torch.distributed.is_initialized() and trainer.world_size > 1:
-            states = [None] * torch.distributed.get_world_size()
+            states: list[Optional[dict]] = [None] * torch.distributed.get_world_size()
             torch.distributed.all_gather_object(states, state)
         else:
             states = [state]

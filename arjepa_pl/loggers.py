@@ -149,12 +149,14 @@ class WandbLogger(_LightningWandbLogger):
     @rank_zero_experiment
     def experiment(self):
         if self._experiment is None:
+            save_dir = self.save_dir
+            assert save_dir is not None  # __init__ always passes one (default ".")
             self.mode, why = choose_mode(self.offline, self.connect_timeout)
-            self._id = pinned_run_id(self.save_dir, self._wandb_init.get("id"))
+            self._id = pinned_run_id(save_dir, self._wandb_init.get("id"))
             self._wandb_init.update(id=self._id, mode=self.mode)
             if self.mode == "offline":
                 self._log_model = False  # nothing to upload to
-                where = os.path.join(self.save_dir, "wandb")
+                where = os.path.join(save_dir, "wandb")
                 rank_zero_info(f"W&B offline ({why}): run {self._id} is saved in {where}; "
                                f"upload it later with `wandb sync {where}/offline-run-*-{self._id}`")
         return super().experiment

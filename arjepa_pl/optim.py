@@ -17,7 +17,8 @@ from arjepa_pl.models import FeatureExtractor
 
 def decay_groups(module: nn.Module) -> tuple[list[nn.Parameter], list[nn.Parameter]]:
     """(with decay, without decay): biases and 1-D parameters (norms) are not decayed."""
-    decay, no_decay = [], []
+    decay: list[nn.Parameter] = []
+    no_decay: list[nn.Parameter] = []
     for name, p in module.named_parameters():
         if not p.requires_grad:
             continue
@@ -70,7 +71,8 @@ class ScheduledModule(L.LightningModule):
             raise ValueError(f"total_steps must be >= 1, got {total_steps}")
         self.lr, self.start_lr, self.final_lr, self.warmup_steps = lr, start_lr, final_lr, warmup_steps
         self.weight_decay, self.final_weight_decay = weight_decay, final_weight_decay
-        self.betas, self.eps = tuple(betas), eps
+        beta1, beta2 = betas  # YAML gives a list; AdamW takes the pair
+        self.betas, self.eps = (beta1, beta2), eps
         self._total_steps = total_steps
         self.activation_checkpointing, self.compile_blocks = activation_checkpointing, compile
         self._parallelized = False
@@ -82,7 +84,9 @@ class ScheduledModule(L.LightningModule):
         live objects passed in: modules become their rebuild config and dataclasses dicts, so
         checkpoints load with weights_only=True (hence Lightning's nn.Module warning is moot).
         """
-        caller = inspect.currentframe().f_back
+        frame = inspect.currentframe()
+        assert frame is not None  # CPython has frames
+        caller = frame.f_back
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*is an instance of `nn.Module`")
             self.save_hyperparameters(frame=caller)
@@ -92,7 +96,7 @@ class ScheduledModule(L.LightningModule):
                 self.hparams[key] = {"class_path": f"{cls.__module__}.{cls.__qualname__}",
                                      "init_args": dict(getattr(value, "config", {}))}
             elif isinstance(value, (list, tuple)) and any(is_dataclass(v) for v in value):
-                self.hparams[key] = [asdict(v) if is_dataclass(v) else v for v in value]
+                self.hparams[key] = [asdict(v) if is_dataclass(v) and not isinstance(v, type) else v for v in value]
 
     def configure_model(self) -> None:
         """Activation checkpointing, compile, then FSDP2 on the strategy's mesh (arjepa_pl.parallel.parallelize).

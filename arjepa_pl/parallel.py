@@ -19,6 +19,7 @@ from typing import Iterator, Optional
 import torch
 from torch import nn
 from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import CheckpointWrapper, checkpoint_wrapper
+from torch.distributed.tensor import DTensor
 
 from arjepa_pl.models import Block
 
@@ -122,7 +123,7 @@ def co_sharded(a: nn.Module, b: nn.Module) -> bool:
     for x, y in zip(pa, pb):
         if x.shape != y.shape or type(x) is not type(y):
             return False
-        if hasattr(x, "placements"):
+        if isinstance(x, DTensor) and isinstance(y, DTensor):  # (the same type, checked above)
             if (x.placements != y.placements or x.device_mesh != y.device_mesh
                     or x.to_local().shape != y.to_local().shape):
                 return False

@@ -15,7 +15,8 @@ import re
 import signal
 import subprocess
 from pathlib import Path
-from typing import Optional
+from types import FrameType
+from typing import Any, Callable, Optional, Union
 
 import lightning.pytorch as L
 from lightning.fabric.plugins.environments import SLURMEnvironment
@@ -46,13 +47,16 @@ class SlurmRequeue(L.Callback):
 
     def __init__(self) -> None:
         self._signum: Optional[int] = None
-        self._previous_handler = None
+        # What signal.signal returned: a Python handler, SIG_DFL / SIG_IGN, or None.
+        self._previous_handler: Union[Callable[[int, Optional[FrameType]], Any], int, None] = None
         self._signalled = False
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         env = trainer._accelerator_connector.cluster_environment
         if stage != "fit" or not isinstance(env, SLURMEnvironment) or not env.auto_requeue:
             return
+        # Lightning sets SIGUSR1 unless on Windows, which has no SLURM.
+        assert env.requeue_signal is not None
         env.auto_requeue = False  # so Lightning installs no handler of its own
         self._signum = env.requeue_signal
         self._previous_handler = signal.signal(self._signum, self._on_signal)

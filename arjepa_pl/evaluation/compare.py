@@ -23,10 +23,10 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal, Optional
+from typing import Literal, Optional, Sequence
 from unittest.mock import patch
 
-from jsonargparse import ActionConfigFile, ArgumentParser
+from jsonargparse import ActionConfigFile, ArgumentParser, Namespace
 
 from arjepa_pl.checkpoints import find_resume_checkpoint
 from arjepa_pl.evaluation.report import ProbeResult, write_report
@@ -81,7 +81,7 @@ class _Parsed(Exception):
         self.config = config
 
 
-def resolved_config(args: list[str]):
+def resolved_config(args: list[str]) -> Namespace:
     """The fit config these command-line args give, parsed and resolved but nothing instantiated."""
     from arjepa_pl.cli import ArJepaCLI
 
@@ -97,7 +97,7 @@ def resolved_config(args: list[str]):
     raise RuntimeError("unreachable: the CLI instantiated its classes")
 
 
-def check_fairness(configs: dict[str, object]) -> None:
+def check_fairness(configs: dict[str, Namespace]) -> None:
     """Error listing every MUST_MATCH key and optimiser setting that differs between objectives."""
     names = list(configs)
     problems = []
@@ -148,13 +148,13 @@ def compare(
     objectives: list[Pretraining],
     probe_config: str,
     out_dir: str = "runs/compare",
-    seeds: list[int] = (0, 1, 2),
+    seeds: Sequence[int] = (0, 1, 2),
     steps: int = 300,
     optimizer: Optional[dict] = None,
-    pretrain_args: list[str] = (),
-    probe_args: list[str] = (),
+    pretrain_args: Sequence[str] = (),
+    probe_args: Sequence[str] = (),
     random_init_baseline: bool = True,
-    launcher: list[str] = (),
+    launcher: Sequence[str] = (),
     stage: Literal["all", "pretrain", "probe", "report"] = "all",
     only: Optional[list[str]] = None,
     dry_run: bool = False,

@@ -12,11 +12,12 @@ num_clips / eval_views) and averages the softmax; training treats each view as a
 """
 
 import logging
-from typing import Literal, Optional
+from typing import Literal, Mapping, Optional, Sequence, Union, cast
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torchmetrics import Metric
 from torchmetrics.classification import MulticlassAccuracy
 
 from arjepa_pl.evaluation.multiview import average_view_probabilities, flatten_views
@@ -59,7 +60,7 @@ class Probe(ScheduledModule):
         encoder_which: Literal["auto", "target_encoder", "encoder"] = "auto",
         encoder_num_heads: Optional[int] = None,
         probe: Literal["attentive", "linear"] = "attentive",
-        layers: list[int] = (-1,),
+        layers: Sequence[int] = (-1,),
         self_attn_blocks: int = 0,
         num_heads: Optional[int] = None,
         lr: float = 1e-3,
@@ -132,12 +133,12 @@ class Probe(ScheduledModule):
 
     def _loss(self, logits: dict[str, torch.Tensor], targets: dict[str, torch.Tensor], views: int) -> torch.Tensor:
         # The heads are independent: the sum gives each its own unscaled gradient; logged as the mean.
-        total = 0.0
+        total: Union[float, torch.Tensor] = 0.0
         for task in self.tasks:
             target = targets[task.name].repeat_interleave(views)
             for layer in self.layers:
                 total = total + F.cross_entropy(logits[self.head_key(task, layer)].float(), target)
-        return total
+        return cast(torch.Tensor, total)  # a tensor: there is at least one task and one layer
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         logits, views = self.logits(batch)
@@ -154,7 +155,8 @@ class Probe(ScheduledModule):
             for layer in self.layers:
                 key = self.head_key(task, layer)
                 probs = average_view_probabilities(logits[key], views)
-                for name, metric in metrics[key].items():
+                # Each head's nn.ModuleDict of {name: Metric}.
+                for name, metric in cast(Mapping[str, Metric], metrics[key]).items():
                     metric.update(probs, targets[task.name])
                     self.log(f"{stage}/{task.name}/l{layer}/{name}", metric, on_step=False, on_epoch=True, batch_size=B)
 

@@ -11,7 +11,7 @@ import re
 import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 METRIC = re.compile(r"^val/(?P<task>[^/]+)/l(?P<layer>\d+)/(?P<name>top\d+)$")
 
@@ -57,7 +57,7 @@ def summarise(results: list[ProbeResult]) -> dict:
     """{task: {objective: {"last": [top1 per seed], "best": [...], "best_layer": L}}} (layers 0-based)."""
     tasks = sorted({task for r in results for task, _ in r.accuracy})
     objectives = list(dict.fromkeys(r.objective for r in results))
-    table = {}
+    table: dict[str, dict[str, dict[str, Any]]] = {}
     for task in tasks:
         table[task] = {}
         for objective in objectives:
@@ -159,7 +159,8 @@ def log_to_wandb(results: list[ProbeResult], out: Path, project: str, report: st
     mode, why = choose_mode(None, connect_timeout=5.0)
     if why:
         print(f"[compare] W&B {mode}: {why}")
-    run = wandb.init(project=project, dir=str(out), id=pinned_run_id(out), resume="allow", mode=mode,
+    # mode may be any WANDB_MODE value, e.g. "dryrun", which wandb accepts but init's Literal type omits.
+    run = wandb.init(project=project, dir=str(out), id=pinned_run_id(out), resume="allow", mode=mode,  # type: ignore[arg-type]
                      job_type="compare", name=f"compare-{out.name}", reinit="finish_previous")
     rows = [[r.objective, r.seed, task, layer, acc.get("top1"), r.pretrain_flops, r.pretrain_seconds]
             for r in results for (task, layer), acc in sorted(r.accuracy.items())]

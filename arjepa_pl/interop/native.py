@@ -105,6 +105,7 @@ def load_sharded(path: Path, which: str) -> tuple[FeatureExtractor, dict]:
     write it: `meta.pt` (everything but tensors) and the shards of {"state_dict", "optimizer_0", ...};
     only the encoder's tensors are read, into full (unsharded) tensors, in this one process."""
     import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.metadata import TensorStorageMetadata
 
     source = str(path)
     meta = path / SHARDED_COMPLETE_MARKER
@@ -118,8 +119,9 @@ def load_sharded(path: Path, which: str) -> tuple[FeatureExtractor, dict]:
     prefixes = _prefixes(entry, which, state_keys, source)
     extractor = _build(entry["spec"], source)
     keys = _part_keys(extractor.state_dict(), prefixes)
-    got = {ours: tuple(stored["state_dict." + theirs].size) for ours, theirs in keys.items()
-           if "state_dict." + theirs in stored and hasattr(stored["state_dict." + theirs], "size")}
+    tensors = {k: m for k, m in stored.items() if isinstance(m, TensorStorageMetadata)}
+    got = {ours: tuple(tensors["state_dict." + theirs].size) for ours, theirs in keys.items()
+           if "state_dict." + theirs in tensors}
     check_shapes({k: v.shape for k, v in extractor.state_dict().items()}, got, source)
     buffers = {theirs: torch.empty_like(extractor.state_dict()[ours]) for ours, theirs in keys.items()}
     try:

@@ -139,7 +139,8 @@ def encoder_from_official(state_dict: dict, source: str, num_heads: Optional[int
         config = infer_encoder_config(weights, num_heads)
     else:  # given: only checked against the table
         config = dict(encoder_config)
-        config.setdefault("embed_dim", VIT_PRESETS.get(config.get("preset"), {}).get("embed_dim"))
+        preset = config.get("preset")
+        config.setdefault("embed_dim", VIT_PRESETS.get(preset, {}).get("embed_dim") if preset is not None else None)
         config.setdefault("video", True)
         config.setdefault("uniform_power", True)
     uniform_power, perm = match_pos_embed(pos_embed, config)
