@@ -136,6 +136,17 @@ def save_sharded_atomically(strategy, path: os.PathLike, save: Callable[[Path], 
     strategy.barrier()
 
 
+def load_error_summary(error: Exception) -> str:
+    """What a load error says is wrong, in one line: torch's errors are a paragraph of advice around it
+    (the weights-only unpickler's cause follows `WeightsUnpickler error:`)."""
+    text = str(error)
+    if "WeightsUnpickler error:" in text:
+        cause = text.split("WeightsUnpickler error:", 1)[1].strip().splitlines()
+        return f"weights-only load failed: {cause[0].strip() if cause else ''}"
+    first = text.strip().splitlines()[0] if text.strip() else type(error).__name__
+    return first.split(". ")[0]
+
+
 def wrap_load_errors(path: str | os.PathLike, load: Callable[[], Any]) -> Any:
     """Run `load`; any failure becomes a CheckpointLoadError that names the checkpoint and says what to do."""
     try:
@@ -144,7 +155,7 @@ def wrap_load_errors(path: str | os.PathLike, load: Callable[[], Any]) -> Any:
         raise
     except Exception as e:
         raise CheckpointLoadError(
-            f"could not load checkpoint {path}: {type(e).__name__}: {e}\n"
+            f"could not load checkpoint {path}: {type(e).__name__}: {load_error_summary(e)}\n"
             "Training does not restart from scratch over a checkpoint it cannot read: pass another --ckpt_path, "
             "or move this one away to start fresh. (If you trust the file and it holds pickled objects, "
             "--weights_only false loads it without the weights-only restriction.)"

@@ -32,8 +32,14 @@ from lightning.pytorch.loggers import WandbLogger
 
 from arjepa_pl import config_errors, validation
 from arjepa_pl.callbacks.nonfinite import ensure_nonfinite_guard
-from arjepa_pl.checkpoints import RandomState, resolve_ckpt_path, use_atomic_checkpoint_io, wrap_load_errors
-from arjepa_pl.errors import reported
+from arjepa_pl.checkpoints import (
+    CheckpointLoadError,
+    RandomState,
+    resolve_ckpt_path,
+    use_atomic_checkpoint_io,
+    wrap_load_errors,
+)
+from arjepa_pl.errors import ConfigError, reported
 from arjepa_pl.run_lock import RunLock, launched_as_rank_zero, run_lock_for
 from arjepa_pl.signals import SaveOnSignal
 from arjepa_pl.strategies import FSDP2Strategy  # noqa: F401  (registers --trainer.strategy fsdp2)
@@ -93,7 +99,10 @@ class ArJepaCLI(LightningCLI):
         # not load is an error naming it, like at every other load.
         subcommand = self.config.get("subcommand")
         ckpt_path = self.config[subcommand].get("ckpt_path") if subcommand else None
-        wrap_load_errors(str(ckpt_path), super()._parse_ckpt_path)
+        try:
+            wrap_load_errors(str(ckpt_path), super()._parse_ckpt_path)
+        except CheckpointLoadError as e:
+            raise ConfigError("ckpt_path", str(ckpt_path), str(e).split(": ", 1)[-1]) from e
 
     def instantiate_classes(self) -> None:
         try:
@@ -158,7 +167,8 @@ def main(args: Optional[Sequence[str]] = None) -> None:
     """Entry point; `args` None reads sys.argv."""
     argv = list(sys.argv[1:] if args is None else args)
     # User errors and named failures become a short message and their exit status (arjepa_pl.errors).
-    with reported(command=argv[0] if argv and not argv[0].startswith("-") else "fit"):
+    command = argv[0] if argv and argv[0] in (*ArJepaCLI.subcommands(), *EXTRA_COMMANDS) else None
+    with reported(command):
         if argv and argv[0] in EXTRA_COMMANDS:
             importlib.import_module(EXTRA_COMMANDS[argv[0]][0]).main(argv[1:])
             return

@@ -217,10 +217,9 @@ def constructor_failure(exc: BaseException) -> Optional[tuple[type, dict[str, An
 
 
 def _nodes(node: Any, path: str) -> Iterator[tuple[str, Any]]:
-    """(key, node) of every class node (a namespace with a class_path) in the config."""
+    """(key, node) of every namespace in the config."""
     if isinstance(node, Namespace):
-        if "class_path" in node:
-            yield path, node
+        yield path, node
         for name, value in vars(node).items():
             yield from _nodes(value, f"{path}.{name}" if path else name)
     elif isinstance(node, (list, tuple)):
@@ -235,15 +234,24 @@ def _same(a: Any, b: Any) -> bool:
 
 
 def find_class_node(config: Namespace, cls: type, arguments: dict[str, Any]) -> Optional[tuple[str, Namespace]]:
-    """The config node built as `cls(**arguments)`: its class, then the most arguments equal."""
-    best, best_score = None, -1
+    """(key of the arguments, arguments) of the config node built as `cls(**arguments)`: a node with
+    that class_path (its init_args), else a plain namespace of that class's fields (a dataclass in a
+    list, like a mask configuration); of several, the one with the most arguments equal."""
+    accepted = set(accepted_arguments(cls))
+    best, best_score = None, (-1, -1)
     for path, node in _nodes(config, ""):
-        if import_class(node.class_path) is not cls:
+        if "class_path" in node:
+            if import_class(node.class_path) is not cls:
+                continue
+            candidate, kind = (f"{path}.init_args", node.get("init_args") or Namespace()), 1
+        elif path and node.keys() and set(node.keys()) <= accepted:
+            candidate, kind = (path, node), 0
+        else:
             continue
-        init_args = node.get("init_args") or Namespace()
-        score = sum(_same(init_args.get(name), value) for name, value in arguments.items() if name in init_args)
+        values = candidate[1]
+        score = (kind, sum(_same(values.get(name), value) for name, value in arguments.items() if name in values))
         if score > best_score:
-            best, best_score = (path, init_args), score
+            best, best_score = candidate, score
     return best
 
 
@@ -282,7 +290,7 @@ def from_constructor_error(exc: BaseException, config: Namespace, trainer_class:
         found = find_class_node(config, cls, arguments)
         if found is None:
             return ConfigError(cls.__name__, _UNSET, str(original))
-        path, init_args = f"{found[0]}.init_args", found[1]
+        path, init_args = found
     if isinstance(original, ConfigError):  # raised with a key relative to the object
         return original.within(path)
     why = str(original).strip() or type(original).__name__

@@ -89,11 +89,11 @@ def raise_all(errors: list[ConfigError]) -> None:
         raise ConfigErrors(errors)
 
 
-HINT = "`python -m arjepa_pl {command} --help` lists every key; {env}=1 shows the traceback"
+HINT = "`python -m arjepa_pl {command}--help` lists every key; {env}=1 shows the traceback"
 
 
 @contextmanager
-def reported(command: str = "fit") -> Iterator[None]:
+def reported(command: Optional[str] = "fit") -> Iterator[None]:
     """Around the whole command: user errors and named run failures become a short message on stderr
     and their exit status; everything else propagates (a traceback). ARJEPA_DEBUG=1 lets all through."""
     try:
@@ -105,5 +105,5 @@ def reported(command: str = "fit") -> Iterator[None]:
         lines = str(e).splitlines() or [type(e).__name__]
         print(f"error: {lines[0]}", *lines[1:], sep="\n", file=sys.stderr)
         if isinstance(e, UserError):
-            print(f"({HINT.format(command=command, env=DEBUG_ENV)})", file=sys.stderr)
+            print(f"({HINT.format(command=f'{command} ' if command else '', env=DEBUG_ENV)})", file=sys.stderr)
         sys.exit(e.exit_status)
