@@ -29,13 +29,15 @@ TINY = ["--model.init_args.encoder.init_args.embed_dim", "32", "--model.init_arg
 def case(id, args, key, value=None, files=None, base=True, command="fit", manifest=True):
     """One mistake: the CLI arguments after the base ones ({tmp}: this case's folder), the key and value
     stderr must name, and files to write first ({name: text})."""
-    return dict(id=id, args=args, key=key, value=value, files=files or {}, base=base, command=command, manifest=manifest)
+    return dict(id=id, args=args, key=key, value=value, files=files or {}, base=base, command=command,
+                manifest=manifest)
 
 
 YAML_TYPO = Path(VJEPA).read_text().replace("predictor_depth:", "predictor_detph:")
 YAML_BROKEN = "trainer:\n  max_steps: 3\n  limit_val_batches: [1, 2\nmodel:\n  class_path: x\n"
 # The demo labels are shape * 4 + direction (3 shapes): an online probe task over them.
-ONLINE_PROBE = "trainer:\n  callbacks:\n    - class_path: arjepa_pl.callbacks.OnlineProbe\n      init_args:\n        tasks: {tasks}\n"
+ONLINE_PROBE = ("trainer:\n  callbacks:\n    - class_path: arjepa_pl.callbacks.OnlineProbe\n"
+                "      init_args:\n        tasks: {tasks}\n")
 
 CASES = [
     # values refused by the objects' constructors
@@ -48,13 +50,15 @@ CASES = [
     case("start_lr", ["--model.init_args.start_lr", "-1"], "model.init_args.start_lr", "-1"),
     case("eps", ["--model.init_args.eps", "0"], "model.init_args.eps", "0"),
     case("betas", ["--model.init_args.betas", "[0.9, 1.0]"], "model.init_args.betas", "[0.9, 1.0]"),
-    case("weight_decay", ["--model.init_args.final_weight_decay", "-0.1"], "model.init_args.final_weight_decay", "-0.1"),
+    case("weight_decay", ["--model.init_args.final_weight_decay", "-0.1"], "model.init_args.final_weight_decay",
+         "-0.1"),
     case("ema", ["--model.init_args.ema_momentum", "[0.5, 1.5]"], "model.init_args.ema_momentum", "1.5"),
     case("mask_scale", ["--model.init_args.masks", "[{num_blocks: 8, spatial_scale: [0.15, 1.5]}]"],
          "model.init_args.masks[0].spatial_scale", "1.5"),
     case("encoder_heads", ["--model.init_args.encoder.init_args.embed_dim", "33"],
          "model.init_args.encoder.init_args.embed_dim", "33"),
-    case("predictor_heads", ["--model.init_args.predictor_embed_dim", "15"], "model.init_args.predictor_embed_dim", "15"),
+    case("predictor_heads", ["--model.init_args.predictor_embed_dim", "15"], "model.init_args.predictor_embed_dim",
+         "15"),
     case("probe_task", ["--config", "{tmp}/tasks.yaml"], "trainer.callbacks[0].init_args.tasks[0].num_classes", "1",
          files={"tasks.yaml": ONLINE_PROBE.format(tasks="[{name: shape, num_classes: 1}]")}),
     case("wandb", ["--trainer.logger.init_args.offline", "true", "--trainer.logger.init_args.log_model", "true"],
@@ -70,7 +74,8 @@ CASES = [
     case("typo_class", ["--data.class_path", "data_modules.VideoDataModul"], "data.class_path", "VideoDataModule"),
     case("typo_command", [], "subcommand", "fot", command="fot"),
     # YAML syntax, missing files
-    case("yaml_syntax", ["--config", "{tmp}/broken.yaml"], "broken.yaml:4:6", "YAML syntax", files={"broken.yaml": YAML_BROKEN}),
+    case("yaml_syntax", ["--config", "{tmp}/broken.yaml"], "broken.yaml:4:6", "YAML syntax",
+         files={"broken.yaml": YAML_BROKEN}),
     case("config_missing", ["--config", "{tmp}/nowhere.yaml"], "config", "nowhere.yaml"),
     case("manifest_missing", ["--data.train_manifest", "{tmp}/nowhere.csv"], "data.init_args.train_manifest",
          "nowhere.csv", manifest=False),
@@ -143,6 +148,7 @@ def test_mistake_is_a_short_keyed_message_and_nothing_is_written(spec, outcomes)
         assert spec["value"].replace("{pid}", str(os.getpid())) in tail, tail
     run = tmp / "run"
     if run.is_dir():  # untouched: only what the case put there
-        assert sorted(p.name for p in run.iterdir()) == sorted(Path(n).name for n in spec["files"] if n.startswith("run/"))
-    assert not list(tmp.rglob("config.yaml")) and not list(tmp.rglob("wandb*")) and not list(tmp.rglob("*.ckpt*")) \
-        or spec["id"] == "ckpt_corrupt"
+        placed = sorted(Path(name).name for name in spec["files"] if name.startswith("run/"))
+        assert sorted(p.name for p in run.iterdir()) == placed
+    assert not list(tmp.rglob("config.yaml")) and not list(tmp.rglob("wandb*"))
+    assert not list(tmp.rglob("*.ckpt*")) or spec["id"] == "ckpt_corrupt"
