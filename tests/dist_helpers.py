@@ -160,3 +160,10 @@ class FillDisk(L.Callback):
                             f.write(b"\0" * chunk)
                     except OSError:
                         pass
+
+
+class BuggyCallback(L.Callback):
+    """A programming error (not a user's mistake): the CLI must show its traceback."""
+
+    def __init__(self):
+        raise RuntimeError("a bug in a constructor")

@@ -124,6 +124,12 @@ def outcomes(tmp_path_factory, demo_manifests):
             (tmp / name).write_text(text.replace("{lock}", lock))
         tmp.mkdir(exist_ok=True)
         batch.append({"id": spec["id"], "argv": argv_of(spec, tmp, demo_manifests), "cwd": str(REPO)})
+    # Not user mistakes: a mistake under ARJEPA_DEBUG=1, and a bug. Both show their traceback.
+    for id, args, env in (("debug", ["--data.batch_size", "-2"], {"ARJEPA_DEBUG": "1"}),
+                          ("bug", ["--trainer.callbacks+=tests.dist_helpers.BuggyCallback"], {})):
+        (root / id).mkdir()
+        spec = case(id, args, "")
+        batch.append({"id": id, "argv": argv_of(spec, root / id, demo_manifests), "cwd": str(REPO), "env": env})
     (root / "cases.json").write_text(json.dumps(batch))
     started = time.monotonic()
     subprocess.run([sys.executable, str(REPO / "tests" / "cli_batch.py"), str(root / "cases.json"),
@@ -152,3 +158,14 @@ def test_mistake_is_a_short_keyed_message_and_nothing_is_written(spec, outcomes)
         assert sorted(p.name for p in run.iterdir()) == placed
     assert not list(tmp.rglob("config.yaml")) and not list(tmp.rglob("wandb*"))
     assert not list(tmp.rglob("*.ckpt*")) or spec["id"] == "ckpt_corrupt"
+
+
+def test_arjepa_debug_shows_the_traceback(outcomes):
+    status, stderr, _ = outcomes["debug"]
+    assert status == 1 and "Traceback" in stderr
+    assert "ConfigError: data.init_args.batch_size = -2" in stderr
+
+
+def test_a_bug_is_not_dressed_up_as_a_user_mistake(outcomes):
+    status, stderr, _ = outcomes["bug"]
+    assert status == 1 and "Traceback" in stderr and "RuntimeError: a bug in a constructor" in stderr
