@@ -30,7 +30,7 @@ from jsonargparse import Namespace
 from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
 from lightning.pytorch.loggers import WandbLogger
 
-from arjepa_pl import config_errors, validation
+from arjepa_pl import config_errors, signals, validation
 from arjepa_pl.callbacks.nonfinite import ensure_nonfinite_guard
 from arjepa_pl.checkpoints import (
     CheckpointLoadError,
@@ -144,14 +144,16 @@ class ArJepaCLI(LightningCLI):
         self._run_lock = None
         try:
             super()._run_subcommand(subcommand)
+        except SystemExit:
+            # A run stopped by SIGTERM / Ctrl-C (after its checkpoint) exits 143 / 130 on every rank, and
+            # so does a Ctrl-C before the training steps (after which Lightning exits with status 1).
+            status = signals.exit_status(self.trainer)
+            if status is None:
+                raise
+            sys.exit(status)
         finally:
             if self._run_lock is not None:
                 self._run_lock.release()
-        # A run stopped by SIGTERM / Ctrl-C (after its checkpoint) exits 143 / 130 on every rank.
-        callbacks = self.trainer.callbacks  # type: ignore[attr-defined]  # set by Lightning, not declared on the class
-        stopped = next((c for c in callbacks if isinstance(c, SaveOnSignal) and c.exit_status), None)
-        if stopped is not None:
-            sys.exit(stopped.exit_status)
 
 
 # Commands beyond Lightning's subcommands: module whose main(argv) runs them, and what they do.

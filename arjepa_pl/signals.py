@@ -9,7 +9,11 @@ save one consistent checkpoint together (`hpc_ckpt_N.ckpt` in the run directory,
 
 - SIGTERM / SIGINT: every rank exits with 128 + the signal (143 / 130), so a scheduler or a wrapper
   script sees an interrupted run, not a success; `--ckpt_path last` continues exactly.
-- the SLURM signal: rank 0 requeues the job (arjepa_pl.slurm), which resumes with `--ckpt_path last`.
+- the SLURM signal: rank 0 requeues the job (arjepa_pl.slurm), which resumes with `--ckpt_path last`;
+  this process exits with status 0.
+
+Nothing runs after the checkpoint (no validation, no end-of-training hooks): a scheduler's grace period
+after SIGTERM is short.
 
 A second SIGINT or SIGTERM while the first is pending ends the process at once, by that signal, without
 saving (Ctrl-C twice). Lightning's own handling is switched off for the run: it saves SLURM checkpoints
@@ -33,6 +37,12 @@ from arjepa_pl.slurm import preemption_checkpoints, requeue_job
 log = logging.getLogger("arjepa_pl.signals")
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+
+class StoppedBySignal(SystemExit):
+    """Raised by every rank right after the signal's checkpoint: fit() ends at once, without the validation
+    and end-of-training hooks that `trainer.should_stop` would still run (a scheduler's grace period
+    after SIGTERM is short). The CLI turns it into the exit status."""
 
 
 class SaveOnSignal(L.Callback):
@@ -80,10 +90,11 @@ class SaveOnSignal(L.Callback):
         if self._verbose and signum in STOP_SIGNALS:
             # os.write: print() is not safe in a signal handler (it may interrupt another print).
             os.write(2, f"\n{signal.Signals(signum).name}: saving a checkpoint at the end of this step, then "
-                        f"stopping{' (Ctrl-C again stops at once, without saving)' if signum == signal.SIGINT else ''}\n"
-                     .encode())
+                        f"stopping{' (Ctrl-C again stops at once, without saving)' if signum == signal.SIGINT else ''}"
+                     "\n".encode())
 
-    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs, batch, batch_idx: int) -> None:
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs, batch,
+                           batch_idx: int) -> None:
         if not self._previous:
             return
         signum = self._pending or 0
@@ -110,7 +121,7 @@ class SaveOnSignal(L.Callback):
                 log.warning(f"{name}: stopped at step {trainer.global_step}, exit status {128 + signum}; "
                             "continue with --ckpt_path last")
         self.stopped_by, self.saved, self._pending = signum, path, None
-        trainer.should_stop = True
+        raise StoppedBySignal()
 
     def _restore(self) -> None:
         for signum, handler in self._previous.items():
@@ -123,3 +134,11 @@ class SaveOnSignal(L.Callback):
 
     def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
         self._restore()
+        if isinstance(exception, KeyboardInterrupt):  # Ctrl-C before training started (demo data, setup)
+            self.stopped_by = signal.SIGINT  # Lightning then exits with status 1: `exit_status` says 130
+
+
+def exit_status(trainer: L.Trainer) -> Optional[int]:
+    """128 + the signal that stopped the trainer's run (its SaveOnSignal's), or None."""
+    callbacks = trainer.callbacks  # type: ignore[attr-defined]  # set by Lightning, not declared on the class
+    return next((c.exit_status for c in callbacks if isinstance(c, SaveOnSignal) and c.exit_status), None)
