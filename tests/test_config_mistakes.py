@@ -169,3 +169,21 @@ def test_arjepa_debug_shows_the_traceback(outcomes):
 def test_a_bug_is_not_dressed_up_as_a_user_mistake(outcomes):
     status, stderr, _ = outcomes["bug"]
     assert status == 1 and "Traceback" in stderr and "RuntimeError: a bug in a constructor" in stderr
+
+
+def test_accelerator_check_on_a_machine_with_one_gpu(monkeypatch):
+    """The machine check where a GPU exists (there is none here: CUDA's answers are stubbed)."""
+    from jsonargparse import Namespace
+    from lightning.pytorch.accelerators import CUDAAccelerator
+
+    from arjepa_pl.errors import ConfigError
+    from arjepa_pl.validation import check_accelerator
+
+    monkeypatch.setattr(CUDAAccelerator, "is_available", staticmethod(lambda: True))
+    monkeypatch.setattr(CUDAAccelerator, "auto_device_count", staticmethod(lambda: 1))
+    check_accelerator(Namespace(accelerator="gpu", devices=1))
+    check_accelerator(Namespace(accelerator="cuda", devices="auto"))
+    with pytest.raises(ConfigError, match=r"trainer.devices = 2\n  this machine has 1 gpu device"):
+        check_accelerator(Namespace(accelerator="gpu", devices=2))
+    with pytest.raises(ConfigError, match="trainer.devices"):
+        check_accelerator(Namespace(accelerator="gpu", devices=[0, 1]))

@@ -102,7 +102,8 @@ class NonFiniteGuard(L.Callback):
                             "one (lower the learning rate, or see model.init_args for the loss settings)")
 
     def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict) -> None:
-        finite = all(bool(torch.isfinite(_local(p.detach())).all()) for p in pl_module.parameters())
+        flags = [torch.isfinite(_local(p.detach())).all() for p in pl_module.parameters()]
+        finite = bool(torch.stack(flags).all()) if flags else True  # one device sync, not one per tensor
         if not trainer.strategy.reduce_boolean_decision(finite, all=True):
             raise NonFiniteLoss(f"refusing to write a checkpoint at step {trainer.global_step}: the weights are "
                                 "not finite")
