@@ -7,7 +7,8 @@ not touch (their files). What no single object can see is checked here, one func
 reusing the code that applies the rule during training:
 
 - the data's clip shape against the encoder's tubelet and patch (`token_grid`, the one place the grid is computed);
-- the objective's warm-up against the run's length (`ScheduledModule.check_schedule_length`);
+- the objective's warm-up against the run's length (`ScheduledModule.check_schedule_length`; against
+  trainer.max_steps a warning, since shortening a run is how a config is tried);
 - probe tasks against the data's labels (`ProbeTask.targets`);
 - the accelerator and device count against the machine (Lightning's accelerators);
 - `--ckpt_path` exists.
@@ -16,6 +17,7 @@ Every problem found is reported at once (ConfigErrors), each with its full key.
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any, Iterator, Optional
 
@@ -26,6 +28,8 @@ from lightning.fabric.utilities.cloud_io import get_filesystem
 
 from arjepa_pl.errors import ConfigError, raise_all
 from arjepa_pl.models.patches import token_grid
+
+log = logging.getLogger("arjepa_pl.validation")
 
 # --ckpt_path values that are not paths (Lightning's, and ours: `last`).
 CKPT_PATH_WORDS = ("last", "best", "hpc", "registry")
@@ -38,7 +42,7 @@ def check_run(model: Any, data: Any, trainer: Any, config: Namespace, fit: bool)
     errors += check_inputs(data, "data.init_args")
     errors += check_clip_fits_encoder(model, data, config)
     if fit:
-        errors += check_schedule_length(model, trainer)
+        warn_schedule_length(model, trainer)
     errors += check_probe_tasks(model, data, trainer, config)
     errors += check_ckpt_path(config.get("ckpt_path"))
     raise_all(errors)
@@ -93,17 +97,21 @@ def check_clip_fits_encoder(model: Any, data: Any, config: Namespace) -> Iterato
             yield ConfigError(f"data.init_args.{name}", value, why)
 
 
-def check_schedule_length(model: Any, trainer: Any) -> Iterator[ConfigError]:
-    """The warm-up fits in trainer.max_steps when the schedules run over the trainer's steps."""
+def warn_schedule_length(model: Any, trainer: Any) -> None:
+    """A warm-up longer than trainer.max_steps, when the schedules run over the trainer's steps, is a
+    warning: shortening a run with --trainer.max_steps to try a config is how configs are meant to be
+    tried. (A warm-up longer than an explicit total_steps is an error, from the constructor.)"""
     check = getattr(model, "check_schedule_length", None)
     if not callable(check) or getattr(model, "_total_steps", None) is not None:
-        return  # a given total_steps was checked by the constructor
+        return
     max_steps = getattr(trainer, "max_steps", -1)
     if max_steps is not None and max_steps > 0:
         try:
             check(max_steps, "trainer.max_steps")
         except ConfigError as e:
-            yield e.within("model.init_args")
+            lines = e.within("model.init_args").message().splitlines()
+            log.warning(f"{lines[0]}: {' '.join(line.strip() for line in lines[1:])}; the learning rate never "
+                        "reaches its peak")
 
 
 def _probe_tasks(model: Any, trainer: Any, config: Namespace) -> Iterator[tuple[str, Any]]:

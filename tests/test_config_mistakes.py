@@ -91,7 +91,8 @@ CASES = [
     # what only the CLI sees: one object against another, and the machine
     case("clip_frames", ["--data.frames_per_clip", "7"], "data.init_args.frames_per_clip", "7"),
     case("clip_crop", ["--data.crop_size", "36"], "data.init_args.crop_size", "36"),
-    case("warmup", ["--model.init_args.warmup_steps", "80"], "model.init_args.warmup_steps", "80"),
+    case("warmup", ["--model.init_args.warmup_steps", "80", "--model.init_args.total_steps", "50"],
+         "model.init_args.warmup_steps", "80"),
     case("task_classes", ["--config", "{tmp}/tasks.yaml"], "trainer.callbacks[0].init_args.tasks[0].num_classes", "2",
          files={"tasks.yaml": ONLINE_PROBE.format(tasks="[{name: shape, num_classes: 2, divisor: 4}]")}),
     case("accelerator", ["--trainer.accelerator", "gpu"], "trainer.accelerator", "gpu"),
