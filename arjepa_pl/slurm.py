@@ -37,7 +37,8 @@ def preemption_checkpoints(run_dir: Path) -> list[tuple[int, Path]]:
 
 
 def requeue_job(checkpoint: str) -> None:
-    """`scontrol requeue` this job (rank 0, after the pre-emption checkpoint is written); on failure, say how to resume."""
+    """`scontrol requeue` this job (rank 0, after the pre-emption checkpoint is written); on failure, say how
+    to resume."""
     job = slurm_job_id()
     done = subprocess.run(["scontrol", "requeue", job], capture_output=True, text=True)
     if done.returncode == 0:

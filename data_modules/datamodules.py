@@ -238,7 +238,8 @@ class VideoDataModule(ClipDataModule):
         if mix_weights is not None and train_manifest is None:
             raise ValueError("mix_weights needs train manifests to mix")
         if mix_weights is not None and len(mix_weights) != len(as_list(train_manifest)):
-            raise ValueError(f"mix_weights has {len(mix_weights)} weights for {len(as_list(train_manifest))} train manifests")
+            raise ValueError(f"mix_weights has {len(mix_weights)} weights for {len(as_list(train_manifest))} "
+                             "train manifests")
         self.train_manifest = train_manifest
         self.val_manifest = val_manifest
         self.demo_dir = demo_dir

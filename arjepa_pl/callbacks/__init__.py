@@ -11,5 +11,5 @@ from arjepa_pl.callbacks.performance import PerformanceMonitor
 from arjepa_pl.callbacks.rollout_writers import RolloutWriter, TextSampleWriter
 from arjepa_pl.callbacks.run_summary import RunSummary
 
-__all__ = ["CollapseMonitor", "ExposesCollapseFeatures", "GradNormMonitor", "MediaLogger", "NonFiniteGuard", "OnlineProbe",
-           "PerformanceMonitor", "RolloutWriter", "RunSummary", "TextSampleWriter"]
+__all__ = ["CollapseMonitor", "ExposesCollapseFeatures", "GradNormMonitor", "MediaLogger", "NonFiniteGuard",
+           "OnlineProbe", "PerformanceMonitor", "RolloutWriter", "RunSummary", "TextSampleWriter"]

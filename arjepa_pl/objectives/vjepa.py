@@ -93,8 +93,9 @@ class JEPA(ScheduledModule):
             raise ValueError(f"ema_momentum values must lie in [0, 1], got {ema_momentum}")
         heads = predictor_num_heads or encoder.num_heads
         if predictor_embed_dim % heads:
-            raise ValueError(f"predictor_embed_dim {predictor_embed_dim} must be divisible by predictor_num_heads {heads}"
-                             f"{'' if predictor_num_heads else ' (the encoder heads: predictor_num_heads is null)'}")
+            why = "" if predictor_num_heads else " (the encoder's heads: predictor_num_heads is null)"
+            raise ValueError(f"predictor_embed_dim {predictor_embed_dim} must be divisible by predictor_num_heads "
+                             f"{heads}{why}")
         if vicreg_var_coeff < 0 or vicreg_cov_coeff < 0:
             raise ValueError(f"VICReg coefficients must be >= 0, got {vicreg_var_coeff}, {vicreg_cov_coeff}")
         if not set(vicreg_features) <= {"predicted", "context"}:
