@@ -144,6 +144,8 @@ def test_enough_mistakes_are_covered():
     assert len(CASES) >= 25 and len({c["id"] for c in CASES}) == len(CASES)
 
 
+# The batch costs ~37 CPU-seconds (41 CLI runs, two at a time): the slow tier.
+@pytest.mark.slow
 @pytest.mark.parametrize("spec", CASES, ids=[c["id"] for c in CASES])
 def test_mistake_is_a_short_keyed_message_and_nothing_is_written(spec, outcomes):
     status, stderr, tmp = outcomes[spec["id"]]
@@ -161,12 +163,14 @@ def test_mistake_is_a_short_keyed_message_and_nothing_is_written(spec, outcomes)
     assert not list(tmp.rglob("*.ckpt*")) or spec["id"] == "ckpt_corrupt"
 
 
+@pytest.mark.slow
 def test_arjepa_debug_shows_the_traceback(outcomes):
     status, stderr, _ = outcomes["debug"]
     assert status == 1 and "Traceback" in stderr
     assert "ConfigError: data.init_args.batch_size = -2" in stderr
 
 
+@pytest.mark.slow
 def test_a_bug_is_not_dressed_up_as_a_user_mistake(outcomes):
     status, stderr, _ = outcomes["bug"]
     assert status == 1 and "Traceback" in stderr and "RuntimeError: a bug in a constructor" in stderr
