@@ -168,6 +168,9 @@ class VisionTransformer(nn.Module):
         if missing:
             raise ValueError(f"VisionTransformer needs a preset or explicit {', '.join(missing)}")
         self.embed_dim, self.depth, self.num_heads = sizes["embed_dim"], sizes["depth"], sizes["num_heads"]
+        if self.num_heads < 1 or self.embed_dim % self.num_heads:
+            raise ValueError(f"embed_dim {self.embed_dim} must be divisible by num_heads {self.num_heads} "
+                             "(each head takes embed_dim / num_heads channels)")
         self.patch_size, self.tubelet_size, self.video = patch_size, (tubelet_size if video else 1), video
         # Everything needed to rebuild this module (exported with checkpoints).
         self.config: dict[str, Any] = dict(

@@ -91,6 +91,11 @@ class JEPA(ScheduledModule):
             raise ValueError(f"teacher must be 'ema' or 'stop_grad', got {teacher!r}")
         if not all(0.0 <= m <= 1.0 for m in ema_momentum):
             raise ValueError(f"ema_momentum values must lie in [0, 1], got {ema_momentum}")
+        heads = predictor_num_heads or encoder.num_heads
+        if predictor_embed_dim % heads:
+            why = "" if predictor_num_heads else " (the encoder's heads: predictor_num_heads is null)"
+            raise ValueError(f"predictor_embed_dim {predictor_embed_dim} must be divisible by predictor_num_heads "
+                             f"{heads}{why}")
         if vicreg_var_coeff < 0 or vicreg_cov_coeff < 0:
             raise ValueError(f"VICReg coefficients must be >= 0, got {vicreg_var_coeff}, {vicreg_cov_coeff}")
         if not set(vicreg_features) <= {"predicted", "context"}:
@@ -101,7 +106,7 @@ class JEPA(ScheduledModule):
             encoder_dim=encoder.embed_dim,
             embed_dim=predictor_embed_dim,
             depth=predictor_depth,
-            num_heads=predictor_num_heads or encoder.num_heads,
+            num_heads=heads,
             num_mask_tokens=len(masks),
             uniform_power=encoder.config["uniform_power"],
         )
