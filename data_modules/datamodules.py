@@ -184,6 +184,28 @@ class ClipDataModule(pl.LightningDataModule):
         if self.train_dataset is None:
             raise RuntimeError(f"{type(self).__name__}.setup() must run before the dataloaders are built")
 
+    # Whether the training split's samples are already fixed views (no augmentation): then a cache of
+    # frozen-encoder features can serve them as they are.
+    fixed_train_views = False
+
+    def fixed_view_dataset(self, split: str) -> Dataset:
+        """The clips of `split` ("train", "val" or "test") as fixed evaluation views: the same tensors
+        every epoch (no random crop, flip or temporal jitter). For caches of a frozen encoder's features
+        (arjepa_pl.evaluation.FrozenFeatureData); the test split is the validation set here."""
+        self._require_setup()
+        if split == "train":
+            if not self.fixed_train_views:
+                raise NotImplementedError(f"{type(self).__name__} augments its training clips and has no fixed views "
+                                          "of them: probe it without the feature cache")
+            return self.train_dataset
+        if split not in ("val", "test"):
+            raise ValueError(f"split must be train, val or test, got {split!r}")
+        dataset = getattr(self, "test_dataset", None) if split == "test" else None
+        dataset = dataset or self.val_dataset
+        if dataset is None:
+            raise ValueError(f"no {split} split: set the {self.val_option}")
+        return dataset
+
     def test_dataloader(self) -> DataLoader:
         self._require_setup()
         if self.val_dataset is None:
@@ -290,6 +312,17 @@ class VideoDataModule(ClipDataModule):
             sizes = self.train_dataset.source_sizes
             val_info = f"{len(self.val_dataset)} val clips" if self.val_dataset else "no validation"
             log.info(f"video data: {len(self.train_dataset)} train clips {sizes} ({train_manifest}), {val_info}")
+
+    def fixed_view_dataset(self, split: str) -> Dataset:
+        """As ClipDataModule's; the training split's fixed views are its evaluation views (the centre
+        of each of num_clips temporal segments x eval_views crops) of every training clip, every
+        manifest once (mix_weights apart)."""
+        if split != "train":
+            return super().fixed_view_dataset(split)
+        self._require_setup()
+        args = dict(seed=self.seed, max_retries=self.max_retries, max_bad_fraction=self.max_bad_fraction,
+                    **vars(self.clip_options))
+        return self.dataset_class(self.train_dataset.manifests, train=False, **args)
 
     def train_dataloader(self) -> DataLoader:
         self._require_setup()

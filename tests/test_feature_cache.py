@@ -1,0 +1,157 @@
+"""The feature cache of frozen-encoder probes: the cached probe trains exactly as the uncached one, the
+encoder runs once per clip, entries are keyed by the weights and the data (not by loader options),
+written atomically; and the Wilson interval the probes report."""
+
+import json
+import math
+
+import lightning.pytorch as L
+import pytest
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from arjepa_pl.evaluation import FrozenFeatureData, Probe, ProbeTask, TopKCounts, wilson_interval
+from arjepa_pl.models import VisionTransformer
+from data_modules import ClipDataModule, ClipSampler, ResumableDataLoader, VideoDataModule
+
+
+class ShadeClips(Dataset):
+    """Fixed clips whose brightness and left/right half code two labels (label = shade * 2 + side)."""
+
+    def __init__(self, n: int, offset: int, frames: int = 4):
+        self.n, self.offset, self.frames = n, offset, frames
+
+    def __len__(self):
+        return self.n
+
+    def __getitem__(self, key):
+        i = int(key[0]) if isinstance(key, (tuple, list)) else int(key)
+        label = i % 6
+        g = torch.Generator().manual_seed(self.offset + i)
+        video = 0.3 * torch.randn(3, self.frames, 16, 16, generator=g) + (label // 2 - 1.0)
+        video[:, :, :, (label % 2) * 8:(label % 2) * 8 + 8] += 1.0
+        return {"video": video, "label": label, "index": i}
+
+
+class ShadeData(ClipDataModule):
+    """A data module whose training clips are fixed views (no augmentation), as the benchmark's."""
+
+    fixed_train_views = True
+
+    def __init__(self, batch_size: int = 4, seed: int = 0, frames_per_clip: int = 4, train_clips: int = 24):
+        super().__init__(frames_per_clip=frames_per_clip, crop_size=16, batch_size=batch_size, num_workers=0, seed=seed,
+                         report_skipped=False)
+        self.save_hyperparameters()
+        self.train_clips = train_clips
+
+    def setup(self, stage=None):
+        super().setup(stage)
+        self.train_dataset = ShadeClips(self.train_clips, 0, self.frames_per_clip)
+        self.val_dataset = ShadeClips(12, 1000, self.frames_per_clip)
+
+    def train_dataloader(self):
+        sampler = ClipSampler(self.train_dataset, num_replicas=1, rank=0, shuffle=True, seed=self.seed, drop_last=True)
+        return ResumableDataLoader(self.train_dataset, batch_size=self.batch_size, sampler=sampler, drop_last=True,
+                                   **self._loader_args())
+
+    def val_dataloader(self):
+        sampler = ClipSampler(self.val_dataset, num_replicas=1, rank=0, shuffle=False)
+        return DataLoader(self.val_dataset, batch_size=self.batch_size, sampler=sampler, **self._loader_args())
+
+
+def tiny_probe(seed: int = 0, **kw) -> Probe:
+    torch.manual_seed(seed)
+    encoder = VisionTransformer(embed_dim=32, depth=2, num_heads=2, patch_size=8, tubelet_size=2)
+    return Probe(tasks=[ProbeTask("shade", 3, divisor=2), ProbeTask("side", 2, modulo=2)], encoder=encoder,
+                 layers=[0, -1], lr=3e-3, start_lr=3e-3, **kw)
+
+
+def count_encoder_calls(probe: Probe) -> list:
+    calls = []
+    probe.extractor.register_forward_hook(lambda module, args, out: calls.append(args[0].size(0)))
+    return calls
+
+
+def fit(probe: Probe, data, tmp_path, epochs: int = 3) -> dict:
+    torch.manual_seed(123)  # the heads' init happened in tiny_probe; this seeds nothing else that matters
+    trainer = L.Trainer(max_epochs=epochs, accelerator="cpu", logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path,
+                        num_sanity_val_steps=0)
+    trainer.fit(probe, datamodule=data)
+    return {k: float(v) for k, v in trainer.callback_metrics.items()}
+
+
+def test_cached_and_uncached_probes_agree_and_the_encoder_runs_once_per_clip(tmp_path):
+    uncached, cached = tiny_probe(), tiny_probe()
+    calls_uncached, calls_cached = count_encoder_calls(uncached), count_encoder_calls(cached)
+    plain = fit(uncached, ShadeData(), tmp_path / "a")
+    wrapped = FrozenFeatureData(ShadeData(), cache_dir=str(tmp_path / "cache"))
+    served = fit(cached, wrapped, tmp_path / "b")
+    assert sum(calls_uncached) == 3 * (24 + 12)  # every epoch encodes every clip again
+    assert sum(calls_cached) == 24 + 12  # once per clip, then only the heads
+    for key in ("val/shade/l1/top1", "val/side/l0/top1", "val/shade/l1/top1_low", "val/loss", "train/loss"):
+        assert served[key] == pytest.approx(plain[key], abs=1e-5), key
+    heads_a, heads_b = uncached.heads.state_dict(), cached.heads.state_dict()
+    for name in heads_a:
+        assert torch.allclose(heads_a[name], heads_b[name], atol=1e-5), name
+    assert served["val/clips"] == 12 and 1.0 <= served["features/l1/rankme"] <= 32
+    assert plain["val/shade/l1/top1_low"] <= plain["val/shade/l1/top1"] <= plain["val/shade/l1/top1_high"]
+    notes = [json.loads(p.read_text()) for p in (tmp_path / "cache").glob("*.json")]
+    assert len(notes) == 2 * 3  # per split: labels and two layers
+    assert not list((tmp_path / "cache").glob(".*tmp*")), "a temporary file was left behind"
+
+
+def test_entries_are_keyed_by_weights_and_data_not_by_loader_options(tmp_path):
+    cache = str(tmp_path / "cache")
+
+    def run(probe, **data):
+        calls = count_encoder_calls(probe)
+        fit(probe, FrozenFeatureData(ShadeData(**data), cache_dir=cache), tmp_path, epochs=1)
+        return sum(calls)
+
+    assert run(tiny_probe()) == 36
+    assert run(tiny_probe(), batch_size=6, seed=5) == 0  # another order and batch size: the same features
+    assert run(tiny_probe(seed=1)) == 36  # other weights (another random encoder)
+    assert run(tiny_probe(), frames_per_clip=6) == 36  # other clips
+    one_layer = tiny_probe()
+    one_layer.layers = [1]  # the last layer alone: its entries exist already
+    assert run(one_layer) == 0
+
+
+def test_data_without_fixed_training_views_is_refused_with_a_clear_message(tmp_path, demo_manifests):
+    class Augmenting(ShadeData):
+        fixed_train_views = False
+
+    with pytest.raises(NotImplementedError, match="probe it without the feature cache"):
+        fit(tiny_probe(), FrozenFeatureData(Augmenting(), cache_dir=str(tmp_path)), tmp_path, epochs=1)
+    with pytest.raises(ValueError, match="dtype"):
+        FrozenFeatureData(ShadeData(), dtype="float8")
+
+
+def test_video_data_module_serves_fixed_views_of_its_training_clips(demo_manifests):
+    data = VideoDataModule(train_manifest=str(demo_manifests.train), val_manifest=str(demo_manifests.val),
+                           frames_per_clip=8, crop_size=32, num_workers=0, eval_views=2, report_skipped=False)
+    data.setup("fit")
+    fixed = data.fixed_view_dataset("train")
+    assert len(fixed) == len(data.train_dataset) and not fixed.train
+    first, again = fixed[(3, 0, 0)], fixed[(3, 7, 1)]
+    assert first["video"].shape == (2, 3, 8, 32, 32)  # two spatial views
+    assert torch.equal(first["video"], again["video"])  # the same tensors in every epoch
+    assert data.fixed_view_dataset("val") is data.val_dataset
+    with pytest.raises(ValueError, match="split must be"):
+        data.fixed_view_dataset("holdout")
+
+
+def test_wilson_interval_and_counts():
+    low, high = wilson_interval(45, 50)
+    assert (round(low, 4), round(high, 4)) == (0.7864, 0.9565)  # Wilson (1927), e.g. Newcombe (1998)'s table
+    assert wilson_interval(0, 10)[0] == 0.0 and wilson_interval(10, 10)[1] == 1.0
+    assert wilson_interval(0, 0) == (0.0, 1.0)
+    half = (wilson_interval(600, 1200)[1] - wilson_interval(600, 1200)[0]) / 2
+    assert half == pytest.approx(1.96 * math.sqrt(0.25 / 1200), rel=0.01)  # ~ +-2.8 % at 50 % on 1200 clips
+    with pytest.raises(ValueError):
+        wilson_interval(5, 4)
+    metric = TopKCounts(2)
+    metric.update(torch.tensor([[0.5, 0.3, 0.2], [0.1, 0.2, 0.7]]), torch.tensor([1, 0]))
+    accuracy, low, high, total = metric.compute().tolist()
+    assert (accuracy, total) == (0.5, 2) and low < 0.5 < high
