@@ -5,58 +5,13 @@ written atomically; and the Wilson interval the probes report."""
 import json
 import math
 
-import lightning.pytorch as L
 import pytest
 import torch
-from torch.utils.data import DataLoader, Dataset
 
 from arjepa_pl.evaluation import FrozenFeatureData, Probe, ProbeTask, TopKCounts, wilson_interval
 from arjepa_pl.models import VisionTransformer
-from data_modules import ClipDataModule, ClipSampler, ResumableDataLoader, VideoDataModule
-
-
-class ShadeClips(Dataset):
-    """Fixed clips whose brightness and left/right half code two labels (label = shade * 2 + side)."""
-
-    def __init__(self, n: int, offset: int, frames: int = 4):
-        self.n, self.offset, self.frames = n, offset, frames
-
-    def __len__(self):
-        return self.n
-
-    def __getitem__(self, key):
-        i = int(key[0]) if isinstance(key, (tuple, list)) else int(key)
-        label = i % 6
-        g = torch.Generator().manual_seed(self.offset + i)
-        video = 0.3 * torch.randn(3, self.frames, 16, 16, generator=g) + (label // 2 - 1.0)
-        video[:, :, :, (label % 2) * 8:(label % 2) * 8 + 8] += 1.0
-        return {"video": video, "label": label, "index": i}
-
-
-class ShadeData(ClipDataModule):
-    """A data module whose training clips are fixed views (no augmentation), as the benchmark's."""
-
-    fixed_train_views = True
-
-    def __init__(self, batch_size: int = 4, seed: int = 0, frames_per_clip: int = 4, train_clips: int = 24):
-        super().__init__(frames_per_clip=frames_per_clip, crop_size=16, batch_size=batch_size, num_workers=0, seed=seed,
-                         report_skipped=False)
-        self.save_hyperparameters()
-        self.train_clips = train_clips
-
-    def setup(self, stage=None):
-        super().setup(stage)
-        self.train_dataset = ShadeClips(self.train_clips, 0, self.frames_per_clip)
-        self.val_dataset = ShadeClips(12, 1000, self.frames_per_clip)
-
-    def train_dataloader(self):
-        sampler = ClipSampler(self.train_dataset, num_replicas=1, rank=0, shuffle=True, seed=self.seed, drop_last=True)
-        return ResumableDataLoader(self.train_dataset, batch_size=self.batch_size, sampler=sampler, drop_last=True,
-                                   **self._loader_args())
-
-    def val_dataloader(self):
-        sampler = ClipSampler(self.val_dataset, num_replicas=1, rank=0, shuffle=False)
-        return DataLoader(self.val_dataset, batch_size=self.batch_size, sampler=sampler, **self._loader_args())
+from data_modules import VideoDataModule
+from tests.frozen_helpers import ShadeData, count_encoder_calls, fit
 
 
 def tiny_probe(seed: int = 0, **kw) -> Probe:
@@ -64,21 +19,6 @@ def tiny_probe(seed: int = 0, **kw) -> Probe:
     encoder = VisionTransformer(embed_dim=32, depth=2, num_heads=2, patch_size=8, tubelet_size=2)
     return Probe(tasks=[ProbeTask("shade", 3, divisor=2), ProbeTask("side", 2, modulo=2)], encoder=encoder,
                  layers=[0, -1], lr=3e-3, start_lr=3e-3, **kw)
-
-
-def count_encoder_calls(probe: Probe) -> list:
-    calls = []
-    probe.extractor.register_forward_hook(lambda module, args, out: calls.append(args[0].size(0)))
-    return calls
-
-
-def fit(probe: Probe, data, tmp_path, epochs: int = 3) -> dict:
-    torch.manual_seed(123)  # the heads' init happened in tiny_probe; this seeds nothing else that matters
-    trainer = L.Trainer(max_epochs=epochs, accelerator="cpu", logger=False, enable_checkpointing=False,
-                        enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path,
-                        num_sanity_val_steps=0)
-    trainer.fit(probe, datamodule=data)
-    return {k: float(v) for k, v in trainer.callback_metrics.items()}
 
 
 def test_cached_and_uncached_probes_agree_and_the_encoder_runs_once_per_clip(tmp_path):

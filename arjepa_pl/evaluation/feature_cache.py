@@ -37,7 +37,7 @@ from arjepa_pl.evaluation.frozen import FrozenFeatures
 from arjepa_pl.evaluation.multiview import flatten_views
 from arjepa_pl.feature_stats import rankme
 from arjepa_pl.models import FeatureExtractor
-from arjepa_pl.normalization import IMAGENET_MEAN, IMAGENET_STD, unnormalise
+from arjepa_pl.normalization import IMAGENET_MEAN, IMAGENET_STD, to_uint8_pixels
 from data_modules import ClipSampler, ResumableDataLoader
 
 log = logging.getLogger("arjepa_pl.probe")
@@ -126,9 +126,7 @@ def extract(request: FrozenFeatures, loader: DataLoader, layers: list[int], devi
             for layer, f in zip(layers, outputs):
                 parts.setdefault(f"l{layer}", []).append(f.detach().to("cpu", dtype).unflatten(0, (B, views)))
         if pixels:
-            frames = torch.from_numpy(unnormalise(x if x.ndim == 5 else x.unsqueeze(2), mean, std))  # [BV, T, H, W, C]
-            frames = frames.permute(0, 4, 1, 2, 3)
-            parts.setdefault("pixels", []).append((frames if x.ndim == 5 else frames[:, :, 0]).unflatten(0, (B, views)))
+            parts.setdefault("pixels", []).append(to_uint8_pixels(x, mean, std).cpu().unflatten(0, (B, views)))
     return {name: torch.cat(chunks) for name, chunks in parts.items()}
 
 

@@ -1,5 +1,6 @@
 """Plain nn.Modules: no Lightning, no distributed code."""
 
+from arjepa_pl.models.decoder import PixelDecoder
 from arjepa_pl.models.features import FeatureExtractor
 from arjepa_pl.models.gpt import ByteGPT
 from arjepa_pl.models.next_step import block_causal_mask, next_step_outputs
@@ -12,6 +13,6 @@ from arjepa_pl.models.tokenizer import PatchKMeans, tokenize_clip
 from arjepa_pl.models.vit import MLP, VIT_PRESETS, Block, KVCache, VisionTransformer, gather_tokens
 
 __all__ = ["MLP", "AttentiveClassifier", "AttentivePooler", "LinearClassifier", "VIT_PRESETS", "Block", "ByteGPT",
-           "FeatureExtractor", "JepaPredictor", "KVCache", "PatchKMeans", "VisionTransformer",
+           "FeatureExtractor", "JepaPredictor", "PixelDecoder", "KVCache", "PatchKMeans", "VisionTransformer",
            "block_causal_mask", "gather_tokens", "next_step_outputs", "normalize_patches", "patchify", "sample_logits",
            "sincos_pos_embed", "token_grid", "tokenize_clip", "unpatchify"]
