@@ -20,7 +20,8 @@ def test_decoder_probe_learns_and_the_cache_gives_the_same_numbers(tmp_path):
     calls = count_encoder_calls(cached_probe)
     start = validate(tiny_decoder(), ShadeData(), tmp_path / "start")
     plain = fit(plain_probe, ShadeData(), tmp_path / "a", epochs=6)
-    cached = fit(cached_probe, FrozenFeatureData(ShadeData(), cache_dir=str(tmp_path / "cache")), tmp_path / "b", epochs=6)
+    wrapped = FrozenFeatureData(ShadeData(), cache_dir=str(tmp_path / "cache"))
+    cached = fit(cached_probe, wrapped, tmp_path / "b", epochs=6)
     assert sum(calls) == 24 + 12  # the encoder ran once per clip
     for key in ("val/psnr", "val/mse", "val/ssim", "val/loss"):
         assert cached[key] == pytest.approx(plain[key], rel=1e-4, abs=1e-6), key
