@@ -95,3 +95,11 @@ def test_wilson_interval_and_counts():
     metric.update(torch.tensor([[0.5, 0.3, 0.2], [0.1, 0.2, 0.7]]), torch.tensor([1, 0]))
     accuracy, low, high, total = metric.compute().tolist()
     assert (accuracy, total) == (0.5, 2) and low < 0.5 < high
+
+
+def test_cache_false_serves_the_wrapped_modules_own_loaders():
+    wrapped = FrozenFeatureData(ShadeData(), cache=False)
+    wrapped.setup("fit")
+    batch = next(iter(wrapped.train_dataloader()))
+    assert "video" in batch and "features" not in batch
+    assert next(iter(wrapped.val_dataloader()))["video"].shape == (4, 3, 4, 16, 16)

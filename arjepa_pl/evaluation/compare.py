@@ -1,68 +1,71 @@
-"""`python -m arjepa_pl compare --config configs/compare.yaml`: AR vs JEPA on equal terms.
+"""`python -m arjepa_pl compare --config configs/compare.yaml`: AR vs JEPA on equal terms, and the
+claims made about them tested.
 
-For every seed, each objective is pretrained from its own config with the same backbone, data,
-optimiser and number of steps (checked before anything runs: a difference is an error naming it);
-then the same frozen probe (one config, one set of tasks and layers) is trained on each pretrained
-encoder, and on a randomly initialised encoder of the same architecture (the floor). The results
-go to the output directory: results.csv (one row per objective, seed, task and layer), results.md
-(mean +- std over seeds of the last and the best layer, training FLOPs counted with
-torch.utils.flop_counter, wall time), results.png, and a W&B run (offline without a key).
+For every seed and data condition (e.g. with and without unpredictable nuisance), each objective is
+pretrained from its own config with the same backbone, data, optimiser and number of steps (checked
+before anything runs: a difference is an error naming it). Then every probe stage reads the frozen
+encoders: a classification probe on every checkpoint the pretraining saved (accuracy against training
+FLOPs), a pixel decoder on the last, the AR models' rollouts; the same probes read a randomly
+initialised encoder of the same architecture (the floor). Results go to the output directory:
+results.csv (every number), results.md (accuracy table with intervals, FLOPs, wall time, decoder and
+rollout tables, and the claims table: arjepa_pl.evaluation.claims), accuracy_vs_flops.png, and a W&B
+run (offline without a key).
 
-Every run is an ordinary `python -m arjepa_pl fit` in its own directory (the commands are printed and
-kept in commands.txt), so a run is reproducible by hand, resumes from its last checkpoint when the
-comparison is restarted, and is skipped once its summary.json says it is complete. `--stage` and
-`--only` split the work, e.g. one SLURM array task per run and a last job for the report.
+Every run is an ordinary `python -m arjepa_pl fit` (or `predict`) in its own directory (the commands
+are printed and kept in commands.txt, their wall and CPU time in timings.jsonl), so a run is
+reproducible by hand, resumes from its last checkpoint when the comparison is restarted, and is
+skipped once it is complete. `--stage` and `--only` split the work, e.g. one SLURM array task per run
+and a last job for the report; `--dry_run` prints the plan with a time estimate from measured costs
+(arjepa_pl.evaluation.compare_costs).
 """
 
+import contextlib
+import gc
 import inspect
 import json
+import math
 import os
-import shlex
+import resource
+import shutil
 import subprocess
 import sys
 import time
-from dataclasses import dataclass, field
+import traceback
 from pathlib import Path
-from typing import Literal, Optional, Sequence
+from typing import Literal, Optional
 from unittest.mock import patch
 
-from jsonargparse import ActionConfigFile, ArgumentParser, Namespace
+from jsonargparse import ActionConfigFile, ArgumentParser
 
-from arjepa_pl.checkpoints import find_resume_checkpoint
-from arjepa_pl.evaluation.report import ProbeResult, write_report
+from arjepa_pl.evaluation.claims import ClaimRoles
+from arjepa_pl.evaluation.compare_costs import estimate
+from arjepa_pl.evaluation.compare_plan import (
+    RANDOM_INIT,
+    RUN_SUMMARY,
+    Condition,
+    Job,
+    Pretraining,
+    ProbeStage,
+    Run,
+    choose_checkpoints,
+    command_line,
+    config_checkpoint_every,
+    data_args,
+    extra_checkpoints,
+    data_prefix,
+    job_done,
+    planned_steps,
+    saved_checkpoints,
+    with_seed,
+)
+from arjepa_pl.evaluation.report import collect, write_report
 
-SUMMARY = "summary.json"
-RUN_SUMMARY = "--trainer.callbacks+=arjepa_pl.callbacks.RunSummary"
 # What must be identical across the objectives' resolved configs for the comparison to be fair.
 MUST_MATCH = ("model.init_args.encoder", "data", "trainer.max_steps", "trainer.accumulate_grad_batches",
               "trainer.precision", "trainer.devices", "trainer.num_nodes")
 OPTIMIZER_KEYS = ("lr", "start_lr", "final_lr", "warmup_steps", "weight_decay", "final_weight_decay", "betas", "eps")
 
-
-@dataclass
-class Pretraining:
-    """One objective of the comparison.
-
-    Args:
-        name: its name in the results.
-        config: its pretraining config (python -m arjepa_pl fit --config CONFIG).
-        args: extra command-line overrides for it alone; "{seed}" is replaced by the seed.
-    """
-
-    name: str
-    config: str
-    args: list[str] = field(default_factory=list)
-
-
-@dataclass
-class Run:
-    objective: str
-    seed: int
-    directory: Path
-
-    @property
-    def name(self) -> str:
-        return f"{self.objective}/seed{self.seed}"
+__all__ = ["Condition", "Pretraining", "ProbeStage", "check_fairness", "compare", "main", "resolved_config"]
 
 
 def plain(value):
@@ -81,7 +84,7 @@ class _Parsed(Exception):
         self.config = config
 
 
-def resolved_config(args: list[str]) -> Namespace:
+def resolved_config(args: list[str]):
     """The fit config these command-line args give, parsed and resolved but nothing instantiated."""
     from arjepa_pl.cli import ArJepaCLI
 
@@ -97,7 +100,7 @@ def resolved_config(args: list[str]) -> Namespace:
     raise RuntimeError("unreachable: the CLI instantiated its classes")
 
 
-def check_fairness(configs: dict[str, Namespace]) -> None:
+def check_fairness(configs: dict[str, object]) -> None:
     """Error listing every MUST_MATCH key and optimiser setting that differs between objectives."""
     names = list(configs)
     problems = []
@@ -111,34 +114,77 @@ def check_fairness(configs: dict[str, Namespace]) -> None:
                          + "\n".join(problems) + "\nset them in the comparison's pretrain_args / optimizer")
 
 
-def is_complete(directory: Path, stage: str, min_step: int = 0) -> bool:
+@contextlib.contextmanager
+def output_to(log):
+    """Everything written to stdout and stderr, by Python or C code, goes to the open file `log`."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = [os.dup(1), os.dup(2)]
     try:
-        summary = json.loads((directory / SUMMARY).read_text())
-    except (OSError, ValueError):
-        return False
-    return summary.get("stage") == stage and summary.get("global_step", 0) >= min_step
+        os.dup2(log.fileno(), 1)
+        os.dup2(log.fileno(), 2)
+        yield
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        for fd, copy in zip((1, 2), saved):
+            os.dup2(copy, fd)
+            os.close(copy)
 
 
-def require_complete(directory: Path, stage: str, min_step: int, dry_run: bool) -> None:
-    """A run that exited without finishing (pre-empted: its SLURM job is being requeued) stops the
-    comparison, which resumes it when started again."""
-    if not dry_run and not is_complete(directory, stage, min_step):
-        raise RuntimeError(f"{directory} exited before finishing (pre-empted?); start the comparison again "
-                           "to resume it from its last checkpoint")
+def run_in_process(args: list[str], log) -> int:
+    """`python -m arjepa_pl ARGS` in this process (no interpreter start, no imports: seconds per run on
+    a laptop); its exit status. Its output goes to `log`."""
+    from arjepa_pl.cli import main as cli_main
+
+    with output_to(log):
+        try:
+            cli_main(args)
+            code = 0
+        except SystemExit as exit_:  # the CLI's argument errors
+            code = exit_.code if isinstance(exit_.code, int) else 1
+        except Exception:  # noqa: BLE001  (reported with the log's tail by `execute`)
+            traceback.print_exc()
+            code = 1
+        finally:
+            import wandb
+
+            if wandb.run is not None:  # a run that failed before its logger finished it
+                wandb.finish(exit_code=1)
+            gc.collect()
+    return code
 
 
-def execute(command: list[str], log_path: Path, record: Path, dry_run: bool) -> None:
-    """Run one command with its output appended to log_path and the command line to `record`; an
-    error names the command and shows the end of its log."""
-    line = shlex.join(command)
+def cpu_seconds() -> float:
+    """CPU time of this process and of its finished children (subprocesses, data loader workers)."""
+    return sum(u.ru_utime + u.ru_stime for u in (resource.getrusage(resource.RUSAGE_SELF),
+                                                 resource.getrusage(resource.RUSAGE_CHILDREN)))
+
+
+def execute(job: Job, command: list[str], out: Path, dry_run: bool, in_process: bool = False) -> None:
+    """Run one command (a subprocess, or in this process: `in_process`) with its output appended to
+    <job dir>/<kind>.log, the command line to commands.txt and its wall / CPU time and the load average
+    to timings.jsonl; an error names the command and shows the end of its log."""
+    line = command_line(command)
     print(f"$ {line}", flush=True)
     if dry_run:
         return
+    log_path = job.directory / f"{job.kind}.log"
     log_path.parent.mkdir(parents=True, exist_ok=True)
-    with open(record, "a") as f:
+    with open(out / "commands.txt", "a") as f:
         f.write(line + "\n")
+    load, start, cpu = os.getloadavg(), time.perf_counter(), cpu_seconds()
     with open(log_path, "a") as log:
-        code = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT).returncode
+        if in_process:
+            code = run_in_process(command[command.index("arjepa_pl") + 1:], log)
+        else:
+            code = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT).returncode
+    timing = {"job": job.name, "kind": job.kind, "stage": job.stage.name if job.stage else None,
+              "objective": job.run.objective, "step": job.step, "exit": code, "in_process": in_process,
+              "wall_seconds": time.perf_counter() - start, "cpu_seconds": cpu_seconds() - cpu,
+              "loadavg_start": load, "loadavg_end": os.getloadavg()}
+    with open(out / "timings.jsonl", "a") as f:
+        f.write(json.dumps(timing) + "\n")
     if code:
         tail = "".join(log_path.read_text(errors="replace").splitlines(keepends=True)[-30:])
         raise RuntimeError(f"command failed (exit {code}): {line}\n--- end of {log_path} ---\n{tail}")
@@ -146,45 +192,63 @@ def execute(command: list[str], log_path: Path, record: Path, dry_run: bool) -> 
 
 def compare(
     objectives: list[Pretraining],
-    probe_config: str,
+    probes: list[ProbeStage],
     out_dir: str = "runs/compare",
-    seeds: Sequence[int] = (0, 1, 2),
+    seeds: list[int] = (0, 1, 2),
     steps: int = 300,
+    checkpoint_every: Optional[int] = None,
+    conditions: Optional[list[Condition]] = None,
+    data: Optional[dict] = None,
     optimizer: Optional[dict] = None,
-    pretrain_args: Sequence[str] = (),
-    probe_args: Sequence[str] = (),
+    pretrain_args: list[str] = (),
     random_init_baseline: bool = True,
-    launcher: Sequence[str] = (),
+    keep_feature_cache: bool = False,
+    claims: Optional[ClaimRoles] = None,
+    launcher: list[str] = (),
+    executor: Literal["subprocess", "in_process"] = "subprocess",
     stage: Literal["all", "pretrain", "probe", "report"] = "all",
     only: Optional[list[str]] = None,
     dry_run: bool = False,
+    costs: Optional[str] = None,
     wandb_project: Optional[str] = "arjepa_pl",
 ) -> Optional[Path]:
-    """Pretrain every objective for every seed, probe each frozen encoder, write the results.
+    """Pretrain every objective for every condition and seed, run every probe stage, write the results.
 
     Args:
-        objectives: the objectives compared (name, pretraining config, own extra args).
-        probe_config: the probe every encoder gets (python -m arjepa_pl fit --config PROBE_CONFIG).
-        out_dir: where runs and results go: OUT/<objective>/seed<S>/ (pretraining), .../probe/.
-        seeds: one pretraining + probe per objective and seed (>= 3 for a mean +- std worth reading).
+        objectives: the objectives compared (name, pretraining config, own args, conditions).
+        probes: the probe stages (name, kind probe/predict, config, args, checkpoints, objectives).
+        out_dir: where runs and results go: OUT/<objective>/<condition>/seed<S>/<stage>/step<N>/.
+        seeds: one pretraining per objective, condition and seed (>= 3 for a mean +- std worth reading).
         steps: optimizer steps of every pretraining (trainer.max_steps).
+        checkpoint_every: also save a checkpoint every this many steps, for stages that probe along
+            training (default: the pretraining configs' own checkpoints only).
+        conditions: data variants (name, data options); default: one, the configs' own data.
+        data: data module options of every run, pretraining and probes ("{seed}": the seed).
         optimizer: optimiser settings given to every objective (lr, start_lr, final_lr, warmup_steps,
             weight_decay, final_weight_decay, betas, eps).
         pretrain_args: command-line overrides for every pretraining run ("{seed}": the seed).
-        probe_args: command-line overrides for every probe run ("{seed}": the seed).
         random_init_baseline: also probe a randomly initialised encoder of the same architecture.
+        keep_feature_cache: keep each run's cached probe features (<run>/feature_cache) after its probes.
+        claims: which objectives, conditions and stages test which claim (arjepa_pl.evaluation.claims).
         launcher: put before every run's command, e.g. ["srun", "--ntasks-per-node=8"] inside a SLURM
             allocation (one task per GPU); empty: run it directly (Lightning starts its own processes).
+        executor: "subprocess" (every run a fresh `python -m arjepa_pl`) or "in_process" (the runs one
+            after another in this process: no start-up of an interpreter per run, for many short
+            single-device runs; not with a launcher or several devices).
         stage: "all"; or only "pretrain", "probe" (needs the pretrained runs) or "report".
-        only: run only these runs ("vjepa" or "vjepa/seed0"; "random_init" for the baseline).
-        dry_run: print the commands and check the configs; run nothing.
+        only: run only these runs ("vjepa", "vjepa/clean", "vjepa/clean/seed0"; "random_init" for the baseline).
+        dry_run: print the plan, its commands and a time estimate, and check the configs; run nothing.
+        costs: measured costs for the dry run's estimate (default: bench/results/compare_costs.json).
         wandb_project: W&B project of the results run (null: no W&B).
     """
+    conditions = list(conditions or [Condition("")])
+    names = [o.name for o in objectives]
+    stage_names = [p.name for p in probes]
     if not objectives:
         raise ValueError("compare needs at least one objective")
-    names = [o.name for o in objectives]
-    if len(set(names)) != len(names) or "random_init" in names or any("/" in n for n in names):
-        raise ValueError(f"objective names must be distinct, without '/', and not 'random_init': {names}")
+    for kind, values in (("objective", names), ("condition", [c.name for c in conditions]), ("probe stage", stage_names)):
+        if len(set(values)) != len(values) or RANDOM_INIT in values or any("/" in v for v in values):
+            raise ValueError(f"{kind} names must be distinct, without '/', and not {RANDOM_INIT!r}: {values}")
     if not seeds or len(set(seeds)) != len(seeds):
         raise ValueError(f"seeds must be distinct and at least one, got {list(seeds)}")
     if steps < 1:
@@ -192,88 +256,167 @@ def compare(
     unknown = set(optimizer or {}) - set(OPTIMIZER_KEYS)
     if unknown:
         raise ValueError(f"unknown optimizer keys {sorted(unknown)}; use {', '.join(OPTIMIZER_KEYS)}")
-    for path in [probe_config] + [o.config for o in objectives]:
+    condition_names = {c.name for c in conditions}
+    for o in objectives:
+        if o.conditions is not None and not set(o.conditions) <= condition_names:
+            raise ValueError(f"objective {o.name}: unknown conditions {sorted(set(o.conditions) - condition_names)}")
+    for p in probes:
+        if p.kind not in ("probe", "predict") or (p.kind == "probe") != (p.config is not None):
+            raise ValueError(f"probe stage {p.name}: kind 'probe' needs a config, kind 'predict' none "
+                             f"(got kind={p.kind!r}, config={p.config!r})")
+        if p.objectives is not None and not set(p.objectives) <= set(names) | {RANDOM_INIT}:
+            raise ValueError(f"probe stage {p.name}: unknown objectives {sorted(set(p.objectives) - set(names))}")
+        if p.conditions is not None and not set(p.conditions) <= condition_names:
+            raise ValueError(f"probe stage {p.name}: unknown conditions {sorted(set(p.conditions) - condition_names)}")
+    if checkpoint_every is not None and checkpoint_every < 1:
+        raise ValueError(f"checkpoint_every must be >= 1 (or null), got {checkpoint_every}")
+    for path in [p.config for p in probes if p.config] + [o.config for o in objectives]:
         if not Path(path).is_file():
             raise FileNotFoundError(f"config not found: {path} (paths are relative to {os.getcwd()})")
+    if executor not in ("subprocess", "in_process"):
+        raise ValueError(f"executor must be 'subprocess' or 'in_process', got {executor!r}")
+    if executor == "in_process" and launcher:
+        raise ValueError(f"executor 'in_process' runs every run in this process: it cannot use launcher {list(launcher)}")
+    in_process = executor == "in_process"
     out = Path(out_dir)
-
-    def with_seed(args, seed):
-        return [a.replace("{seed}", str(seed)) for a in args]
-
+    python = [*launcher, sys.executable, "-m", "arjepa_pl"]
     optimizer_args = [f"--model.init_args.{k}={json.dumps(v)}" for k, v in (optimizer or {}).items()]
+    by_name = {o.name: o for o in objectives}
+    by_condition = {c.name: c for c in conditions}
 
-    python = [*launcher, sys.executable, "-m", "arjepa_pl", "fit"]
+    def options(run: Run) -> dict:
+        return {**(data or {}), **by_condition[run.condition].data}
 
-    def pretrain_command(objective: Pretraining, run: Run) -> list[str]:
-        return [*python, "--config", objective.config,
-                *with_seed(pretrain_args, run.seed), *optimizer_args, *with_seed(objective.args, run.seed),
-                f"--seed_everything={run.seed}", f"--trainer.max_steps={steps}",
-                f"--trainer.default_root_dir={run.directory}", RUN_SUMMARY, "--ckpt_path=last"]
+    def objective_args(objective: Pretraining, run: Run) -> list[str]:
+        return ["--config", objective.config, *with_seed(pretrain_args, run.seed),
+                *data_args("data.init_args.", options(run), run.seed), *optimizer_args,
+                *with_seed(objective.args, run.seed), f"--seed_everything={run.seed}"]
 
-    # Fairness first: every objective's resolved config (seed 0's) must agree where it matters.
-    resolved = {o.name: resolved_config(
-                    pretrain_command(o, Run(o.name, seeds[0], out / o.name / "check"))[len(python):-1])
-                for o in objectives}
-    check_fairness(resolved)
+    def pretrain_command(run: Run) -> list[str]:
+        extra = [extra_checkpoints(checkpoint_every, run.directory / "checkpoints")] if checkpoint_every else []
+        return [*python, "fit", *objective_args(by_name[run.objective], run), f"--trainer.max_steps={steps}",
+                f"--trainer.default_root_dir={run.directory}", *extra, RUN_SUMMARY, "--ckpt_path=last"]
+
+    runs = [Run(o.name, c.name, seed, out / o.name / c.name / f"seed{seed}") for seed in seeds for c in conditions
+            for o in objectives if o.conditions is None or c.name in o.conditions]
+    baselines = [Run(RANDOM_INIT, c.name, seed, out / RANDOM_INIT / c.name / f"seed{seed}")
+                 for seed in seeds for c in conditions] if random_init_baseline else []
+
+    # Fairness first: in each condition, every objective's resolved config (first seed's) must agree.
+    resolved = {}
+    for c in conditions:
+        in_condition = {r.objective: r for r in runs if r.condition == c.name and r.seed == seeds[0]}
+        configs = {name: resolved_config(pretrain_command(run)[len(python) + 1:-1]) for name, run in in_condition.items()}
+        check_fairness(configs)
+        resolved.update({name: config for name, config in configs.items() if name not in resolved})
+    if in_process and any((config.get("trainer.devices") not in (1, "1")) or
+                          (config.get("trainer.num_nodes") or 1) > 1 for config in resolved.values()):
+        raise ValueError("executor 'in_process' runs on one device; these runs use several (trainer.devices / "
+                         "num_nodes): use executor 'subprocess'")
     encoder = plain(resolved[names[0]].get("model.init_args.encoder"))
     random_encoder = ["--model.init_args.encoder_checkpoint=null", f"--model.init_args.encoder={json.dumps(encoder)}"]
+    every = checkpoint_every or config_checkpoint_every(resolved[names[0]])
 
-    def probe_command(run: Run, encoder_args: list[str]) -> list[str]:
-        return [*python, "--config", probe_config, *with_seed(probe_args, run.seed), *encoder_args,
-                f"--seed_everything={run.seed}", f"--trainer.default_root_dir={run.directory / 'probe'}",
-                RUN_SUMMARY, "--ckpt_path=last"]
+    probe_configs = {p.name: resolved_config(["--config", p.config]) for p in probes if p.kind == "probe"}
+    probe_prefix = {name: data_prefix(config) for name, config in probe_configs.items()}
 
-    # The probe's config is checked now too, not after hours of pretraining.
-    resolved_config(probe_command(Run("random_init", seeds[0], out / "check"), random_encoder)[len(python):-1])
+    def stage_command(job: Job) -> list[str]:
+        run, stage_ = job.run, job.stage
+        if stage_.kind == "predict":
+            return [*python, "predict", *objective_args(by_name[run.objective], run), *with_seed(stage_.args, run.seed),
+                    f"--trainer.default_root_dir={job.directory}", f"--ckpt_path={job.checkpoint}"]
+        encoder_args = random_encoder if run.objective == RANDOM_INIT else \
+            [f"--model.init_args.encoder_checkpoint={job.checkpoint}"]
+        cache = [f"--data.init_args.cache_dir={run.directory / 'feature_cache'}"] \
+            if probe_prefix[stage_.name] != "data.init_args." else []
+        return [*python, "fit", "--config", stage_.config, *with_seed(stage_.args, run.seed),
+                *data_args(probe_prefix[stage_.name], options(run), run.seed), *encoder_args, *cache,
+                f"--seed_everything={run.seed}", f"--trainer.default_root_dir={job.directory}", RUN_SUMMARY,
+                "--ckpt_path=last"]
 
-    runs = [Run(o.name, seed, out / o.name / f"seed{seed}") for seed in seeds for o in objectives]
-    baselines = ([Run("random_init", seed, out / "random_init" / f"seed{seed}") for seed in seeds]
-                 if random_init_baseline else [])
+    def stage_jobs(run: Run) -> list[Job]:
+        jobs = []
+        for stage_ in probes:
+            applies = (stage_.objectives is None and (run.objective != RANDOM_INIT or stage_.kind == "probe")) \
+                or (stage_.objectives is not None and run.objective in stage_.objectives)
+            if not applies or (stage_.conditions is not None and run.condition not in stage_.conditions):
+                continue
+            if run.objective == RANDOM_INIT:
+                chosen: dict[int, Optional[Path]] = {0: None}
+            elif dry_run and not (run.directory / "checkpoints").is_dir():
+                chosen = {s: run.directory / f"checkpoints/step{s:06d}.ckpt" for s in planned_steps(stage_, every, steps)}
+            else:
+                chosen = dict(choose_checkpoints(stage_, saved_checkpoints(run.directory / "checkpoints"), steps))
+                if not chosen:
+                    raise FileNotFoundError(f"{run.name}: no checkpoint in {run.directory / 'checkpoints'}: "
+                                            "pretrain it first (--stage pretrain)")
+            jobs += [Job(stage_.kind, run, run.directory / stage_.name / f"step{step:06d}", stage_, step, checkpoint)
+                     for step, checkpoint in chosen.items()]
+        return jobs
 
     def selected(run: Run) -> bool:
-        return not only or run.objective in only or run.name in only
+        return not only or any(run.name == o or run.name.startswith(o + "/") for o in only)
 
-    by_name = {o.name: o for o in objectives}
+    # The probe configs are checked now too, not after hours of pretraining.
+    for p in probes:
+        if p.kind == "probe":
+            check = Job("probe", Run(RANDOM_INIT, conditions[0].name, seeds[0], out / "check"), out / "check", p)
+            resolved_config(stage_command(check)[len(python) + 1:-1])
+
+    pretrain_jobs = [Job("pretrain", run, run.directory) for run in runs if selected(run)]
+    if dry_run:
+        planned = pretrain_jobs + [job for run in runs + baselines if selected(run) for job in stage_jobs(run)]
+        print(estimate(planned, steps, costs), flush=True)
     if stage in ("all", "pretrain"):
-        for run in filter(selected, runs):
-            if is_complete(run.directory, "fit", steps):
-                print(f"[compare] {run.name}: pretrained already ({run.directory / SUMMARY})")
+        for job in pretrain_jobs:
+            if job_done(job, steps):
+                print(f"[compare] {job.name}: pretrained already")
                 continue
-            print(f"[compare] pretraining {run.name}", flush=True)
-            execute(pretrain_command(by_name[run.objective], run), run.directory / "fit.log", out / "commands.txt",
-                    dry_run)
-            require_complete(run.directory, "fit", steps, dry_run)
+            print(f"[compare] pretraining {job.name}", flush=True)
+            execute(job, pretrain_command(job.run), out, dry_run, in_process)
+            if not dry_run and not job_done(job, steps):
+                raise RuntimeError(f"{job.directory} exited before finishing (pre-empted?); start the comparison "
+                                   "again to resume it from its last checkpoint")
 
     if stage in ("all", "probe"):
         for run in filter(selected, runs + baselines):
-            probe_dir = run.directory / "probe"
-            if is_complete(probe_dir, "fit"):
-                print(f"[compare] {run.name}: probed already ({probe_dir / SUMMARY})")
-                continue
-            if run.objective == "random_init":
-                encoder_args = random_encoder
-            else:
-                checkpoint = find_resume_checkpoint([run.directory / "checkpoints"])
-                if checkpoint is None and not dry_run:
-                    raise FileNotFoundError(f"{run.name}: no checkpoint in {run.directory / 'checkpoints'}: "
-                                            "pretrain it first (--stage pretrain)")
-                encoder_checkpoint = checkpoint or run.directory / "checkpoints/last.ckpt"
-                encoder_args = [f"--model.init_args.encoder_checkpoint={encoder_checkpoint}"]
-            print(f"[compare] probing {run.name}", flush=True)
-            execute(probe_command(run, encoder_args), probe_dir / "fit.log", out / "commands.txt", dry_run)
-            require_complete(probe_dir, "fit", 1, dry_run)
+            for job in stage_jobs(run):
+                if job_done(job, steps):
+                    print(f"[compare] {job.name}: done already")
+                    continue
+                print(f"[compare] {job.kind} {job.name}", flush=True)
+                execute(job, stage_command(job), out, dry_run, in_process)
+                if not dry_run and not job_done(job, steps):
+                    raise RuntimeError(f"{job.directory} exited before finishing; start the comparison again")
+            if not dry_run and not keep_feature_cache:
+                shutil.rmtree(run.directory / "feature_cache", ignore_errors=True)
 
     if dry_run or stage not in ("all", "report"):
         return None
-    results = []
-    for run in runs + baselines:
-        probe_summary = run.directory / "probe" / SUMMARY
-        if not probe_summary.is_file():
-            raise FileNotFoundError(f"{run.name} has no probe results ({probe_summary}): run its stages first")
-        pretrain = json.loads((run.directory / SUMMARY).read_text()) if run.objective != "random_init" else {}
-        results.append(ProbeResult.from_summaries(run.objective, run.seed, json.loads(probe_summary.read_text()),
-                                                  pretrain))
-    return write_report(results, out, steps=steps, wandb_project=wandb_project)
+    records = collect(runs, baselines, [job for run in runs + baselines for job in stage_jobs(run)])
+    return write_report(records, out, steps=steps, claims=claims, context=claims_context(claims, probe_configs, resolved),
+                        wandb_project=wandb_project)
+
+
+def claims_context(claims: Optional[ClaimRoles], probe_configs: dict, resolved: dict) -> dict:
+    """What the claims' verdicts compare with: the chance accuracy of the claim's probe tasks, and the
+    bits/dim of a uniform code distribution for every token objective (log2(codes) per patch of pixels)."""
+    if claims is None:
+        return {}
+    context: dict = {}
+    tasks = plain(probe_configs[claims.probe].get("model.init_args.tasks")) if claims.probe in probe_configs else None
+    chances = [1 / t["num_classes"] for t in tasks or [] if claims.tasks is None or t["name"] in claims.tasks]
+    if chances:
+        context["chance_mean"] = sum(chances) / len(chances)
+    uniform = {}
+    for name, config in resolved.items():
+        codes, encoder = config.get("model.init_args.num_codes"), plain(config.get("model.init_args.encoder"))
+        if codes and encoder:
+            args = encoder.get("init_args", {})
+            values = args.get("in_chans", 3) * args.get("tubelet_size", 2) * args.get("patch_size", 16) ** 2
+            uniform[name] = math.log2(codes) / values
+    context["uniform_bits_per_dim"] = uniform
+    return context
 
 
 def main(argv: Optional[list[str]] = None) -> None:

@@ -163,6 +163,8 @@ class FrozenFeatureData(L.LightningDataModule):
     Args:
         data: the clip data module whose splits are encoded (its fixed_view_dataset(split) gives the
             fixed views of a split; the moving-shapes benchmark and VideoDataModule have one).
+        cache: false serves `data`'s own loaders unchanged (augmented training views, the encoder run
+            every epoch): for data sets whose features would not fit on disk, e.g. K400 at 224 px.
         cache_dir: where entries are kept (default: <trainer.default_root_dir>/feature_cache); point
             several probes of the same encoders at one folder to share them.
         dtype: storage dtype of the features: float32 (the uncached results exactly) or bfloat16 /
@@ -170,7 +172,7 @@ class FrozenFeatureData(L.LightningDataModule):
         extract_batch_size: clips per encoder pass while filling the cache (default: the data's batch size).
     """
 
-    def __init__(self, data: L.LightningDataModule, cache_dir: Optional[str] = None,
+    def __init__(self, data: L.LightningDataModule, cache: bool = True, cache_dir: Optional[str] = None,
                  dtype: Literal["float32", "bfloat16", "float16"] = "float32",
                  extract_batch_size: Optional[int] = None):
         super().__init__()
@@ -178,7 +180,8 @@ class FrozenFeatureData(L.LightningDataModule):
             raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
         if extract_batch_size is not None and extract_batch_size < 1:
             raise ValueError(f"extract_batch_size must be >= 1 (or null), got {extract_batch_size}")
-        self.data, self.cache_dir, self.dtype, self.extract_batch_size = data, cache_dir, dtype, extract_batch_size
+        self.data, self.cache, self.cache_dir = data, cache, cache_dir
+        self.dtype, self.extract_batch_size = dtype, extract_batch_size
         self.splits: dict[str, CachedSplit] = {}
         self.feature_stats: dict[str, float] = {}
 
@@ -281,6 +284,8 @@ class FrozenFeatureData(L.LightningDataModule):
                            seed=int(getattr(self.data, "seed", 0)), drop_last=shuffle)
 
     def train_dataloader(self) -> DataLoader:
+        if not self.cache:
+            return self.data.train_dataloader()
         dataset = self.split("train")
         loader = ResumableDataLoader(dataset, batch_size=self.batch_size, sampler=self._sampler(dataset, True),
                                      drop_last=bool(getattr(self.data, "drop_last", True)), num_workers=0)
@@ -293,7 +298,7 @@ class FrozenFeatureData(L.LightningDataModule):
         return DataLoader(dataset, batch_size=self.batch_size, sampler=self._sampler(dataset, False), num_workers=0)
 
     def val_dataloader(self) -> DataLoader:
-        return self._eval_loader("val")
+        return self._eval_loader("val") if self.cache else self.data.val_dataloader()
 
     def test_dataloader(self) -> DataLoader:
-        return self._eval_loader("test")
+        return self._eval_loader("test") if self.cache else self.data.test_dataloader()

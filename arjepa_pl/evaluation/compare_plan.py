@@ -1,0 +1,216 @@
+"""What a comparison runs, as data: objectives, data conditions and probe stages, and the commands
+they become (arjepa_pl.evaluation.compare executes them).
+
+A *run* is one pretraining (objective x condition x seed) in OUT/<objective>/<condition>/seed<S>/
+(no condition level when the comparison has none), or the random-init baseline of a condition and
+seed. A *stage* is what is done with a run's checkpoints: `probe` fits a frozen-encoder config
+(classification probe, decoder probe) on a checkpoint; `predict` runs the objective's own config in
+`predict` mode on it (rollouts). A stage probes the last checkpoint, every checkpoint the pretraining
+saved ("all": accuracy against training FLOPs), or chosen steps, each in <run>/<stage>/step<N>/.
+"""
+
+import json
+import re
+import shlex
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Optional, Union
+
+import torch
+
+from arjepa_pl.checkpoints import is_complete_checkpoint
+
+RANDOM_INIT = "random_init"
+SUMMARY = "summary.json"
+ROLLOUT_METRICS = "rollouts/rollout_metrics.json"
+RUN_SUMMARY = "--trainer.callbacks+=arjepa_pl.callbacks.RunSummary"
+FEATURE_DATA = "arjepa_pl.evaluation.FrozenFeatureData"
+STEP_IN_NAME = re.compile(r"step[=_-]?(\d+)")
+
+
+@dataclass
+class Pretraining:
+    """One objective of the comparison.
+
+    Args:
+        name: its name in the results.
+        config: its pretraining config (python -m arjepa_pl fit --config CONFIG).
+        args: extra command-line overrides for it alone; "{seed}" is replaced by the seed.
+        conditions: the conditions it is trained in (default: all), e.g. an ablation on clean data only.
+    """
+
+    name: str
+    config: str
+    args: list[str] = field(default_factory=list)
+    conditions: Optional[list[str]] = None
+
+
+@dataclass
+class Condition:
+    """A variant of the data every objective is pretrained and probed on, e.g. with or without nuisance.
+
+    Args:
+        name: its name in the results and directories.
+        data: data module options ({"nuisance": "dynamic"}), given to pretraining and probes alike
+            (to the wrapped module when a probe config wraps its data in the feature cache).
+    """
+
+    name: str
+    data: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class ProbeStage:
+    """What is done with pretrained checkpoints.
+
+    Args:
+        name: its name in the results and directories.
+        kind: "probe" (fit `config` on the frozen encoder of a checkpoint: classification or decoder
+            probe) or "predict" (the objective's own config in predict mode: rollouts and their metrics).
+        config: the probe's config (kind probe only).
+        args: command-line overrides for this stage; "{seed}" is replaced by the seed.
+        checkpoints: "last", "all" (every checkpoint the pretraining saved) or a list of steps.
+        objectives: the objectives it applies to ("random_init" for the baseline); default: all (and
+            the baseline for kind probe).
+        conditions: the conditions it applies to (default: all).
+    """
+
+    name: str
+    kind: Literal["probe", "predict"] = "probe"
+    config: Optional[str] = None
+    args: list[str] = field(default_factory=list)
+    checkpoints: Union[Literal["all", "last"], list[int]] = "last"
+    objectives: Optional[list[str]] = None
+    conditions: Optional[list[str]] = None
+
+
+@dataclass
+class Run:
+    """One pretraining (or the random-init baseline) and where it lives."""
+
+    objective: str
+    condition: str
+    seed: int
+    directory: Path
+
+    @property
+    def name(self) -> str:
+        return "/".join(p for p in (self.objective, self.condition, f"seed{self.seed}") if p)
+
+
+@dataclass
+class Job:
+    """One command of the plan: a pretraining, or a stage on one checkpoint of a run."""
+
+    kind: Literal["pretrain", "probe", "predict"]
+    run: Run
+    directory: Path
+    stage: Optional[ProbeStage] = None
+    step: int = 0
+    checkpoint: Optional[Path] = None
+
+    @property
+    def name(self) -> str:
+        return self.run.name if self.kind == "pretrain" else f"{self.run.name}/{self.stage.name}/step{self.step}"
+
+
+def with_seed(args, seed: int) -> list[str]:
+    return [str(a).replace("{seed}", str(seed)) for a in args]
+
+
+def data_args(prefix: str, options: dict[str, Any], seed: int) -> list[str]:
+    """--<prefix><key>=<value> for data module options; strings as they are ("{seed}" replaced), the
+    rest as JSON."""
+    return [f"--{prefix}{key}=" + (value.replace("{seed}", str(seed)) if isinstance(value, str) else json.dumps(value))
+            for key, value in options.items()]
+
+
+def data_prefix(resolved) -> str:
+    """Where data options go in a resolved fit config: under the wrapped module of the feature cache."""
+    return "data.init_args.data.init_args." if resolved.get("data.class_path") == FEATURE_DATA else "data.init_args."
+
+
+def checkpoint_step(path: Path) -> Optional[int]:
+    """The optimizer step a checkpoint was saved at: from its name (step000300.ckpt) or its contents."""
+    match = STEP_IN_NAME.search(path.name)
+    if match:
+        return int(match.group(1))
+    if path.is_file():
+        return int(torch.load(path, map_location="cpu", mmap=True, weights_only=True).get("global_step", -1))
+    return None
+
+
+def saved_checkpoints(directory: Path) -> dict[int, Path]:
+    """{step: checkpoint} of a run's checkpoint folder; a step saved twice (last.ckpt) keeps its named file."""
+    found: dict[int, Path] = {}
+    if not directory.is_dir():
+        return found
+    for path in sorted((p for p in directory.iterdir() if is_complete_checkpoint(p)), key=lambda p: p.name.startswith("last")):
+        step = checkpoint_step(path)
+        if step is not None and step >= 0:
+            found.setdefault(step, path)
+    return found
+
+
+def choose_checkpoints(stage: ProbeStage, saved: dict[int, Path], final_step: int) -> dict[int, Path]:
+    """The checkpoints a stage reads, by step; an error names a requested step that was not saved."""
+    if not saved:
+        return {}
+    if stage.checkpoints == "last":
+        last = max(saved)
+        return {last: saved[last]}
+    if stage.checkpoints == "all":
+        return dict(sorted(saved.items()))
+    missing = [s for s in stage.checkpoints if s not in saved]
+    if missing:
+        raise FileNotFoundError(f"stage {stage.name}: no checkpoint at steps {missing} (saved: {sorted(saved)}); "
+                                "save them in the pretraining config (ModelCheckpoint every_n_train_steps)")
+    return {s: saved[s] for s in sorted(stage.checkpoints)}
+
+
+def planned_steps(stage: ProbeStage, every_n_steps: Optional[int], steps: int) -> list[int]:
+    """The steps a stage will read, before the checkpoints exist (for the dry run's plan)."""
+    if stage.checkpoints == "last":
+        return [steps]
+    if stage.checkpoints == "all":
+        every = [s for s in range(every_n_steps, steps + 1, every_n_steps)] if every_n_steps else []
+        return sorted(set(every) | {steps})
+    return sorted(stage.checkpoints)
+
+
+def config_checkpoint_every(resolved) -> Optional[int]:
+    """every_n_train_steps of the resolved config's ModelCheckpoint, if any."""
+    for callback in resolved.get("trainer.callbacks") or []:
+        callback = callback.as_dict() if hasattr(callback, "as_dict") else dict(callback)
+        if callback.get("class_path", "").endswith("ModelCheckpoint"):
+            return (callback.get("init_args") or {}).get("every_n_train_steps")
+    return None
+
+
+def extra_checkpoints(every: int, dirpath: Path) -> str:
+    """A ModelCheckpoint appended to a pretraining's callbacks: a checkpoint every `every` steps, for
+    the stages that probe along training (named probe-stepNNNNNN so it never collides with the config's)."""
+    init = {"dirpath": str(dirpath), "filename": "probe-step{step:06d}", "auto_insert_metric_name": False,
+            "every_n_train_steps": every, "save_top_k": -1, "save_last": False}
+    return "--trainer.callbacks+=" + json.dumps({"class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
+                                                 "init_args": init})
+
+
+def is_complete(directory: Path, stage: str, min_step: int = 0) -> bool:
+    try:
+        summary = json.loads((directory / SUMMARY).read_text())
+    except (OSError, ValueError):
+        return False
+    return summary.get("stage") == stage and summary.get("global_step", 0) >= min_step
+
+
+def job_done(job: Job, steps: int) -> bool:
+    if job.kind == "pretrain":
+        return is_complete(job.directory, "fit", steps)
+    if job.kind == "predict":
+        return (job.directory / ROLLOUT_METRICS).is_file()
+    return is_complete(job.directory, "fit")
+
+
+def command_line(command: list[str]) -> str:
+    return shlex.join(command)
