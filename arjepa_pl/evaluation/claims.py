@@ -81,7 +81,8 @@ def paired(a: list[float], b: list[float]) -> tuple[float, float]:
     return statistics.fmean(differences), se_of_mean(differences)
 
 
-def seed_values(records: list[Record], stage: Optional[str], objective: str, condition: str, metric: str) -> list[float]:
+def seed_values(records: list[Record], stage: Optional[str], objective: str, condition: str,
+                metric: str) -> list[float]:
     rows = final(records, stage) if stage else [r for r in records if r.stage is None]
     return [r.metrics[metric] for r in sorted(rows, key=lambda r: r.seed)
             if (r.objective, r.condition) == (objective, condition) and metric in r.metrics
@@ -134,9 +135,11 @@ def nuisance_claim(records: list[Record], roles: ClaimRoles, context: dict) -> C
     parts = [f"{o}: {pct(acc[(o, roles.clean)])} → {pct(acc[(o, roles.nuisance)])} "
              f"(−{100 * drops[o][0]:.1f} ± {100 * drops[o][1]:.1f})" for o in (roles.ar, roles.jepa)]
     if roles.likelihood:
-        bits = [seed_values(records, None, roles.likelihood, c, "val/bits_per_dim") for c in (roles.clean, roles.nuisance)]
+        bits = [seed_values(records, None, roles.likelihood, c, "val/bits_per_dim")
+                for c in (roles.clean, roles.nuisance)]
         if all(bits):
-            parts.append(f"{roles.likelihood} bits/dim {statistics.fmean(bits[0]):.4f} → {statistics.fmean(bits[1]):.4f}")
+            parts.append(f"{roles.likelihood} bits/dim {statistics.fmean(bits[0]):.4f} → "
+                         f"{statistics.fmean(bits[1]):.4f}")
     claim.measured = "; ".join(parts)
     claim.numbers = {"drop": {o: d for o, (d, _) in drops.items()}}
     chance = context.get("chance_mean")
@@ -148,11 +151,12 @@ def nuisance_claim(records: list[Record], roles: ClaimRoles, context: dict) -> C
         claim.why = (f"{roles.jepa}'s probe is at chance ({100 * chance:.0f} %) on clean data: it learned nothing it "
                      "could keep or drop")
         return claim
-    difference, se = compare_means([a - b for a, b in zip(acc[(roles.ar, roles.clean)], acc[(roles.ar, roles.nuisance)])],
-                                   [a - b for a, b in zip(acc[(roles.jepa, roles.clean)], acc[(roles.jepa, roles.nuisance)])])
-    claim.verdict, claim.why = judge(difference, se, f"the nuisance costs {roles.ar} {100 * difference:.1f} points more "
-                                     f"than {roles.jepa}", f"the nuisance costs {roles.jepa} {-100 * difference:.1f} "
-                                     f"points more than {roles.ar}")
+    per_seed = {o: [a - b for a, b in zip(acc[(o, roles.clean)], acc[(o, roles.nuisance)])]
+                for o in (roles.ar, roles.jepa)}
+    difference, se = compare_means(per_seed[roles.ar], per_seed[roles.jepa])
+    claim.verdict, claim.why = judge(
+        difference, se, f"the nuisance costs {roles.ar} {100 * difference:.1f} points more than {roles.jepa}",
+        f"the nuisance costs {roles.jepa} {-100 * difference:.1f} points more than {roles.ar}")
     return claim
 
 
@@ -170,7 +174,8 @@ def collapse_claim(records: list[Record], roles: ClaimRoles, context: dict) -> C
         claim.why = f"{ablation} was not probed"
         return claim
     layer = max((int(k.split("/")[1][1:]) for r in rows for k in r.metrics if k.startswith("features/l")), default=None)
-    rank = {o: seed_values(records, roles.probe, o, condition, f"features/l{layer}/rankme") for o in (roles.jepa, ablation)}
+    rank = {o: seed_values(records, roles.probe, o, condition, f"features/l{layer}/rankme")
+            for o in (roles.jepa, ablation)}
     acc = {o: task_accuracy(records, roles, o, condition) for o in (roles.jepa, ablation)}
     if not all(rank.values()) or not all(acc.values()):
         claim.why = "needs RankMe (the feature cache's statistics) and probe accuracies of both"
@@ -183,11 +188,13 @@ def collapse_claim(records: list[Record], roles: ClaimRoles, context: dict) -> C
     if math.isinf(se):
         claim.verdict, claim.why = INCONCLUSIVE, ONE_SEED
     elif ratio < 0.5 or difference > 2 * se:
-        claim.verdict, claim.why = SUPPORTED, ("without the EMA the features collapse (RankMe halves or worse)" if ratio < 0.5
-                                               else f"without the EMA the probe loses {100 * difference:.1f} points")
+        claim.verdict = SUPPORTED
+        claim.why = ("without the EMA the features collapse (RankMe halves or worse)" if ratio < 0.5
+                     else f"without the EMA the probe loses {100 * difference:.1f} points")
     elif ratio >= 0.8 and difference <= 2 * se:
-        claim.verdict, claim.why = CONTRADICTED, ("at this scale stop-gradient and the predictor alone keep the features "
-                                                  "from collapsing: the EMA changes neither RankMe nor accuracy beyond noise")
+        claim.verdict = CONTRADICTED
+        claim.why = ("at this scale stop-gradient and the predictor alone keep the features from collapsing: the "
+                     "EMA changes neither RankMe nor accuracy beyond noise")
     else:
         claim.verdict, claim.why = INCONCLUSIVE, "RankMe falls by 20-50 % without a loss of accuracy beyond noise"
     return claim
@@ -207,8 +214,9 @@ def likelihood_claim(records: list[Record], roles: ClaimRoles, context: dict) ->
         claim.why = f"{model} logged no val/bits_per_dim"
         return claim
     uniform = context.get("uniform_bits_per_dim", {}).get(model)
-    claim.measured = "; ".join(f"{c or 'bits/dim'}: {statistics.fmean(v):.4f} ± {statistics.stdev(v) if len(v) > 1 else 0:.4f}"
-                               for c, v in bits.items()) + (f" (uniform codes: {uniform:.4f})" if uniform else "")
+    claim.measured = "; ".join(f"{c or 'bits/dim'}: {statistics.fmean(v):.4f} ± "
+                               f"{statistics.stdev(v) if len(v) > 1 else 0:.4f}" for c, v in bits.items())
+    claim.measured += f" (uniform codes: {uniform:.4f})" if uniform else ""
     below = uniform is None or all(statistics.fmean(v) < uniform for v in bits.values())
     claim.verdict = SUPPORTED
     claim.why = ("an exact, normalised likelihood of held-out clips, " + ("below the uniform baseline" if below else
@@ -250,7 +258,8 @@ def generation_claim(records: list[Record], roles: ClaimRoles, context: dict) ->
 def claims_table(records: list[Record], roles, context: dict) -> list[str]:
     """Markdown lines of the claims table."""
     roles = roles if isinstance(roles, ClaimRoles) else ClaimRoles(**dict(roles))
-    claims = [test(records, roles, context) for test in (nuisance_claim, collapse_claim, likelihood_claim, generation_claim)]
+    tests = (nuisance_claim, collapse_claim, likelihood_claim, generation_claim)
+    claims = [test(records, roles, context) for test in tests]
     lines = ["Claims (verdict rules: arjepa_pl/evaluation/claims.py; a difference counts beyond 2 standard errors over "
              "seeds):", "", "| claim | experiment | measured | verdict at this scale |", "|---|---|---|---|"]
     for c in claims:

@@ -32,10 +32,10 @@ import sys
 import time
 import traceback
 from pathlib import Path
-from typing import Literal, Optional
+from typing import Literal, Optional, Sequence
 from unittest.mock import patch
 
-from jsonargparse import ActionConfigFile, ArgumentParser
+from jsonargparse import ActionConfigFile, ArgumentParser, Namespace
 
 from arjepa_pl.evaluation.claims import ClaimRoles
 from arjepa_pl.evaluation.compare_costs import estimate
@@ -51,8 +51,8 @@ from arjepa_pl.evaluation.compare_plan import (
     command_line,
     config_checkpoint_every,
     data_args,
-    extra_checkpoints,
     data_prefix,
+    extra_checkpoints,
     job_done,
     planned_steps,
     saved_checkpoints,
@@ -84,7 +84,7 @@ class _Parsed(Exception):
         self.config = config
 
 
-def resolved_config(args: list[str]):
+def resolved_config(args: list[str]) -> Namespace:
     """The fit config these command-line args give, parsed and resolved but nothing instantiated."""
     from arjepa_pl.cli import ArJepaCLI
 
@@ -100,7 +100,7 @@ def resolved_config(args: list[str]):
     raise RuntimeError("unreachable: the CLI instantiated its classes")
 
 
-def check_fairness(configs: dict[str, object]) -> None:
+def check_fairness(configs: dict[str, Namespace]) -> None:
     """Error listing every MUST_MATCH key and optimiser setting that differs between objectives."""
     names = list(configs)
     problems = []
@@ -194,17 +194,17 @@ def compare(
     objectives: list[Pretraining],
     probes: list[ProbeStage],
     out_dir: str = "runs/compare",
-    seeds: list[int] = (0, 1, 2),
+    seeds: Sequence[int] = (0, 1, 2),
     steps: int = 300,
     checkpoint_every: Optional[int] = None,
     conditions: Optional[list[Condition]] = None,
     data: Optional[dict] = None,
     optimizer: Optional[dict] = None,
-    pretrain_args: list[str] = (),
+    pretrain_args: Sequence[str] = (),
     random_init_baseline: bool = True,
     keep_feature_cache: bool = False,
     claims: Optional[ClaimRoles] = None,
-    launcher: list[str] = (),
+    launcher: Sequence[str] = (),
     executor: Literal["subprocess", "in_process"] = "subprocess",
     stage: Literal["all", "pretrain", "probe", "report"] = "all",
     only: Optional[list[str]] = None,
@@ -246,7 +246,8 @@ def compare(
     stage_names = [p.name for p in probes]
     if not objectives:
         raise ValueError("compare needs at least one objective")
-    for kind, values in (("objective", names), ("condition", [c.name for c in conditions]), ("probe stage", stage_names)):
+    named = (("objective", names), ("condition", [c.name for c in conditions]), ("probe stage", stage_names))
+    for kind, values in named:
         if len(set(values)) != len(values) or RANDOM_INIT in values or any("/" in v for v in values):
             raise ValueError(f"{kind} names must be distinct, without '/', and not {RANDOM_INIT!r}: {values}")
     if not seeds or len(set(seeds)) != len(seeds):
@@ -276,7 +277,8 @@ def compare(
     if executor not in ("subprocess", "in_process"):
         raise ValueError(f"executor must be 'subprocess' or 'in_process', got {executor!r}")
     if executor == "in_process" and launcher:
-        raise ValueError(f"executor 'in_process' runs every run in this process: it cannot use launcher {list(launcher)}")
+        raise ValueError(f"executor 'in_process' runs every run in this process: it cannot use launcher "
+                         f"{list(launcher)}")
     in_process = executor == "in_process"
     out = Path(out_dir)
     python = [*launcher, sys.executable, "-m", "arjepa_pl"]
@@ -306,7 +308,8 @@ def compare(
     resolved = {}
     for c in conditions:
         in_condition = {r.objective: r for r in runs if r.condition == c.name and r.seed == seeds[0]}
-        configs = {name: resolved_config(pretrain_command(run)[len(python) + 1:-1]) for name, run in in_condition.items()}
+        configs = {name: resolved_config(pretrain_command(run)[len(python) + 1:-1])
+                   for name, run in in_condition.items()}
         check_fairness(configs)
         resolved.update({name: config for name, config in configs.items() if name not in resolved})
     if in_process and any((config.get("trainer.devices") not in (1, "1")) or
@@ -317,12 +320,12 @@ def compare(
     random_encoder = ["--model.init_args.encoder_checkpoint=null", f"--model.init_args.encoder={json.dumps(encoder)}"]
     every = checkpoint_every or config_checkpoint_every(resolved[names[0]])
 
-    probe_configs = {p.name: resolved_config(["--config", p.config]) for p in probes if p.kind == "probe"}
-    probe_prefix = {name: data_prefix(config) for name, config in probe_configs.items()}
+    probe_prefix = {p.name: data_prefix(p.config) for p in probes if p.config is not None}
 
     def stage_command(job: Job) -> list[str]:
         run, stage_ = job.run, job.stage
-        if stage_.kind == "predict":
+        assert stage_ is not None, "a stage job has its stage"
+        if stage_.kind == "predict" or stage_.config is None:
             return [*python, "predict", *objective_args(by_name[run.objective], run), *with_seed(stage_.args, run.seed),
                     f"--trainer.default_root_dir={job.directory}", f"--ckpt_path={job.checkpoint}"]
         encoder_args = random_encoder if run.objective == RANDOM_INIT else \
@@ -344,7 +347,8 @@ def compare(
             if run.objective == RANDOM_INIT:
                 chosen: dict[int, Optional[Path]] = {0: None}
             elif dry_run and not (run.directory / "checkpoints").is_dir():
-                chosen = {s: run.directory / f"checkpoints/step{s:06d}.ckpt" for s in planned_steps(stage_, every, steps)}
+                chosen = {s: run.directory / f"checkpoints/step{s:06d}.ckpt"
+                          for s in planned_steps(stage_, every, steps)}
             else:
                 chosen = dict(choose_checkpoints(stage_, saved_checkpoints(run.directory / "checkpoints"), steps))
                 if not chosen:
@@ -358,10 +362,11 @@ def compare(
         return not only or any(run.name == o or run.name.startswith(o + "/") for o in only)
 
     # The probe configs are checked now too, not after hours of pretraining.
+    probe_configs = {}
     for p in probes:
         if p.kind == "probe":
             check = Job("probe", Run(RANDOM_INIT, conditions[0].name, seeds[0], out / "check"), out / "check", p)
-            resolved_config(stage_command(check)[len(python) + 1:-1])
+            probe_configs[p.name] = resolved_config(stage_command(check)[len(python) + 1:-1])
 
     pretrain_jobs = [Job("pretrain", run, run.directory) for run in runs if selected(run)]
     if dry_run:
@@ -394,8 +399,8 @@ def compare(
     if dry_run or stage not in ("all", "report"):
         return None
     records = collect(runs, baselines, [job for run in runs + baselines for job in stage_jobs(run)])
-    return write_report(records, out, steps=steps, claims=claims, context=claims_context(claims, probe_configs, resolved),
-                        wandb_project=wandb_project)
+    context = claims_context(claims, probe_configs, resolved)
+    return write_report(records, out, steps=steps, claims=claims, context=context, wandb_project=wandb_project)
 
 
 def claims_context(claims: Optional[ClaimRoles], probe_configs: dict, resolved: dict) -> dict:

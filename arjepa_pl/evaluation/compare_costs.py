@@ -55,7 +55,8 @@ def measure(out_dir: str) -> dict:
             per_job_cpu[t["stage"]].append(t["cpu_seconds"])
     loads = [t["loadavg_start"][0] for t in timings] + [t["loadavg_end"][0] for t in timings]
     return {
-        "source": str(out), "measured": time.strftime("%Y-%m-%d %H:%M", time.localtime((out / "timings.jsonl").stat().st_mtime)),
+        "source": str(out),
+        "measured": time.strftime("%Y-%m-%d %H:%M", time.localtime((out / "timings.jsonl").stat().st_mtime)),
         "cores": os.cpu_count(), "loadavg_1min": {"min": min(loads), "median": _median(loads), "max": max(loads)},
         "startup_seconds": _median(startup),
         "pretrain_seconds_per_step": {k: _median(v) for k, v in per_step.items()},
@@ -82,13 +83,15 @@ def estimate(jobs: list, steps: int, costs_path: Optional[str] = None) -> str:
     unknown = []
     for (kind, name), n in groups.items():
         if kind == "pretrain":
-            step, step_cpu = costs["pretrain_seconds_per_step"].get(name), costs["pretrain_cpu_seconds_per_step"].get(name)
+            step = costs["pretrain_seconds_per_step"].get(name)
+            step_cpu = costs["pretrain_cpu_seconds_per_step"].get(name)
             if step is None:
                 unknown.append(name)
                 continue
-            one, one_cpu = costs["startup_seconds"] + steps * step, costs["startup_seconds"] + steps * step_cpu
-            lines.append(f"  {n:3d} x pretrain {name:<16} {steps} steps x {step:.2f} s + {costs['startup_seconds']:.0f} s "
-                         f"start = {n * one / 60:5.1f} min")
+            start = costs["startup_seconds"]
+            one, one_cpu = start + steps * step, start + steps * step_cpu
+            lines.append(f"  {n:3d} x pretrain {name:<16} {steps} steps x {step:.2f} s + {start:.0f} s start "
+                         f"= {n * one / 60:5.1f} min")
         else:
             one, one_cpu = costs["stage_seconds"].get(name), costs["stage_cpu_seconds"].get(name)
             if one is None:

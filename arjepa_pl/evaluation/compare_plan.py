@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, Literal, Optional, Union
 
 import torch
+import yaml
 
 from arjepa_pl.checkpoints import is_complete_checkpoint
 
@@ -111,7 +112,7 @@ class Job:
 
     @property
     def name(self) -> str:
-        return self.run.name if self.kind == "pretrain" else f"{self.run.name}/{self.stage.name}/step{self.step}"
+        return self.run.name if self.stage is None else f"{self.run.name}/{self.stage.name}/step{self.step}"
 
 
 def with_seed(args, seed: int) -> list[str]:
@@ -125,9 +126,11 @@ def data_args(prefix: str, options: dict[str, Any], seed: int) -> list[str]:
             for key, value in options.items()]
 
 
-def data_prefix(resolved) -> str:
-    """Where data options go in a resolved fit config: under the wrapped module of the feature cache."""
-    return "data.init_args.data.init_args." if resolved.get("data.class_path") == FEATURE_DATA else "data.init_args."
+def data_prefix(config: str) -> str:
+    """Where data options go in a probe config's command line: under the wrapped module when its data is
+    the feature cache (read from the YAML; the command is then checked in full)."""
+    data = (yaml.safe_load(Path(config).read_text()) or {}).get("data") or {}
+    return "data.init_args.data.init_args." if data.get("class_path") == FEATURE_DATA else "data.init_args."
 
 
 def checkpoint_step(path: Path) -> Optional[int]:
@@ -145,7 +148,8 @@ def saved_checkpoints(directory: Path) -> dict[int, Path]:
     found: dict[int, Path] = {}
     if not directory.is_dir():
         return found
-    for path in sorted((p for p in directory.iterdir() if is_complete_checkpoint(p)), key=lambda p: p.name.startswith("last")):
+    complete = (p for p in directory.iterdir() if is_complete_checkpoint(p))
+    for path in sorted(complete, key=lambda p: p.name.startswith("last")):
         step = checkpoint_step(path)
         if step is not None and step >= 0:
             found.setdefault(step, path)

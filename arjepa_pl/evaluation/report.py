@@ -56,7 +56,8 @@ def collect(runs: list[Run], baselines: list[Run], jobs: list[Job]) -> list[Reco
         if job.kind == "predict":
             rollout = _read(job.directory / ROLLOUT_METRICS)
             metrics = {f"rollout/{name}": statistics.fmean(values) for name, values in rollout["model"].items()}
-            metrics.update({f"rollout/copy_last_{name}": statistics.fmean(v) for name, v in rollout["copy_last"].items()})
+            metrics.update({f"rollout/copy_last_{name}": statistics.fmean(values)
+                            for name, values in rollout["copy_last"].items()})
         else:
             summary = _read(job.directory / SUMMARY)
             metrics = {**summary.get("metrics", {}), "fit_seconds": summary.get("fit_seconds") or math.nan}
@@ -65,7 +66,8 @@ def collect(runs: list[Run], baselines: list[Run], jobs: list[Job]) -> list[Reco
             done = pretrained.get(run.name) or _read(run.directory / SUMMARY)
             total, steps = done.get("train_flops"), max(int(done.get("global_step") or 0), 1)
             flops = None if total is None else total * job.step / steps
-        records.append(Record(run.objective, run.condition, run.seed, job.stage.name, job.step, flops, metrics))
+        records.append(Record(run.objective, run.condition, run.seed, job.stage.name if job.stage else None, job.step,
+                              flops, metrics))
     return records
 
 
@@ -146,24 +148,22 @@ def accuracy_table(records: list[Record], stage: str) -> list[str]:
 
 def cost_table(records: list[Record]) -> list[str]:
     pre = [r for r in records if r.stage is None]
-    lines = ["| condition | objective | steps | training TFLOPs | GFLOPs / step | pretraining (min) | probe jobs (min) | "
-             "val/loss | val/bits_per_dim |", "|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| condition | objective | steps | training TFLOPs | GFLOPs / step | pretraining (min) | "
+             "probe jobs (min) | val/loss | val/bits_per_dim |", "|---|---|---|---|---|---|---|---|---|"]
     for condition, objective in keys(records):
         runs = [r for r in pre if (r.condition, r.objective) == (condition, objective)]
         jobs = [r for r in records if r.stage and (r.condition, r.objective) == (condition, objective)]
         flops = [r.flops for r in runs if r.flops]
         per_step = [r.flops / r.step for r in runs if r.flops and r.step]
-        probe_min = [sum(j.metrics.get("fit_seconds", 0.0) for j in jobs if j.seed == s) / 60 for s in {j.seed for j in jobs}]
-
-        def metric(name: str) -> str:
-            values = [r.metrics[name] for r in runs if name in r.metrics]
-            return fmt(values, 1.0, 4) if values else "—"
+        probe_min = [sum(j.metrics.get("fit_seconds", 0.0) for j in jobs if j.seed == s) / 60
+                     for s in {j.seed for j in jobs}]
+        loss, bits = ([r.metrics[name] for r in runs if name in r.metrics] for name in ("val/loss", "val/bits_per_dim"))
 
         lines.append(f"| {condition or '—'} | {objective} | {runs[0].step if runs else '—'} | "
                      f"{f'{statistics.fmean(flops) / 1e12:.1f}' if flops else '—'} | "
                      f"{f'{statistics.fmean(per_step) / 1e9:.1f}' if per_step else '—'} | "
                      f"{fmt([r.metrics['fit_seconds'] / 60 for r in runs], 1.0) if runs else '—'} | "
-                     f"{fmt(probe_min, 1.0)} | {metric('val/loss')} | {metric('val/bits_per_dim')} |")
+                     f"{fmt(probe_min, 1.0)} | {fmt(loss, 1.0, 4)} | {fmt(bits, 1.0, 4)} |")
     return lines + [""]
 
 
@@ -179,7 +179,8 @@ def metric_table(records: list[Record], title: str, columns: dict[str, str]) -> 
         for stage in dict.fromkeys(r.stage for r in rows):
             runs = [r for r in rows if (r.condition, r.objective, r.stage) == (condition, objective, stage)]
             if runs:
-                cells = [fmt([r.metrics[k] for r in runs if k in r.metrics], 1.0, 4 if "mse" in k else 2) for k in columns]
+                cells = [fmt([r.metrics[k] for r in runs if k in r.metrics], 1.0, 4 if "mse" in k else 2)
+                         for k in columns]
                 lines.append(f"| {condition or '—'} | {objective} | {stage} | " + " | ".join(cells) + " |")
     return lines + [""]
 
@@ -206,7 +207,7 @@ def markdown(records: list[Record], steps: int, claims_lines: list[str]) -> str:
     return "\n".join(lines + claims_lines).rstrip() + "\n"
 
 
-def write_report(records: list[Record], out: Path, steps: int, claims: Optional[dict] = None,
+def write_report(records: list[Record], out: Path, steps: int, claims=None,
                  context: Optional[dict] = None, wandb_project: Optional[str] = None) -> Path:
     """results.csv, results.md and accuracy_vs_flops.png in `out` (and the W&B run); returns results.md."""
     from arjepa_pl.evaluation.claims import claims_table

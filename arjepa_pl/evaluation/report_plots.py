@@ -47,7 +47,7 @@ def plot_accuracy_vs_flops(records: list[Record], path: Path) -> Optional[Path]:
                 if not at:
                     continue
                 mean, std = mean_std([100 * r.metrics[key] for r in at])
-                xs.append(statistics.fmean(r.flops for r in at) / 1e12)
+                xs.append(statistics.fmean(float(r.flops or 0.0) for r in at) / 1e12)
                 ys.append(mean)
                 errs.append(std)
             ax.errorbar(xs, ys, yerr=errs, color=colours[objective], linestyle=style, marker="o", markersize=3,
@@ -74,7 +74,7 @@ def log_to_wandb(records: list[Record], out: Path, project: str, report: str, pn
     mode, why = choose_mode(None, connect_timeout=5.0)
     if why:
         print(f"[compare] W&B {mode}: {why}")
-    run = wandb.init(project=project, dir=str(out), id=pinned_run_id(out), resume="allow", mode=mode,
+    run = wandb.init(project=project, dir=str(out), id=pinned_run_id(out), resume="allow", mode=mode,  # type: ignore[arg-type]
                      job_type="compare", name=f"compare-{out.name}", reinit="finish_previous")
     rows = [[r.objective, r.condition, r.seed, r.stage or "pretrain", r.step, r.flops, name, value]
             for r in records for name, value in sorted(r.metrics.items())]
