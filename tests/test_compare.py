@@ -14,7 +14,7 @@ import pytest
 import yaml
 
 from arjepa_pl.evaluation.compare import check_fairness, resolved_config
-from arjepa_pl.evaluation.compare_costs import estimate, measure
+from arjepa_pl.evaluation.compare_costs import estimate, makespan, measure
 from arjepa_pl.evaluation.compare_plan import Job, ProbeStage, Run, choose_checkpoints, planned_steps
 from arjepa_pl.evaluation.report import Record, markdown, write_report
 
@@ -79,9 +79,15 @@ def test_costs_are_measured_from_a_comparison_and_give_the_estimate(tmp_path):
             Job("probe", run, tmp_path, ProbeStage("decoder", config="x"), 300)]
     text = estimate(jobs, 300, str(path))
     assert "1 pretraining runs of 300 steps, 2 probe / predict jobs" in text
-    assert "estimate: 3 min at the load measured" in text  # 10 + 300 x 0.5 + 20 = 180 s
+    # CPU: 10 + 300 x 0.8 + 30 = 280 s; wall at the load measured: 10 + 300 x 0.5 + 20 = 180 s
+    assert "5 CPU-minutes; with 1 worker(s) on an idle machine ~5 min" in text and "measured ~3 min" in text
     assert "no measured cost for ['decoder']" in text
     assert "no time estimate" in estimate(jobs, 300, str(tmp_path / "missing.json"))
+    other = Run("vjepa", "", 1, tmp_path)
+    both = [Job("pretrain", run, tmp_path), Job("pretrain", other, tmp_path),
+            Job("probe", run, tmp_path, ProbeStage("linear", config="x"), 300)]
+    seconds = {id(both[0]): 250.0, id(both[1]): 250.0, id(both[2]): 30.0}
+    assert makespan(both, seconds, 1) == 530.0 and makespan(both, seconds, 2) == 280.0  # the probe waits for its run
 
 
 def test_fairness_check_names_every_difference(demo_manifests):
@@ -110,7 +116,8 @@ def tiny_comparison(out: Path, demo) -> dict:
                  "--model.init_args.predictor_num_heads=2"]
     probe = ["--trainer.max_epochs=1", "--trainer.check_val_every_n_epoch=1", "--trainer.logger=false"]
     return {
-        "out_dir": str(out), "seeds": [0], "steps": 2, "checkpoint_every": 1, "executor": "in_process",
+        "out_dir": str(out), "seeds": [0], "steps": 2, "checkpoint_every": 1, "executor": "in_process", "workers": 2,
+        "threads": 1,
         "data": {"train_manifest": str(demo.train), "val_manifest": str(demo.val), "num_workers": 0,
                  "frames_per_clip": 8, "batch_size": 4, "seed": "{seed}"},
         "objectives": [{"name": "vjepa", "config": "configs/vjepa.yaml", "args": ["--model.init_args.mask_seed={seed}", *predictor]},

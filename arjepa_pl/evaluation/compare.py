@@ -19,18 +19,13 @@ and a last job for the report; `--dry_run` prints the plan with a time estimate 
 (arjepa_pl.evaluation.compare_costs).
 """
 
-import contextlib
-import gc
 import inspect
 import json
 import math
 import os
-import resource
 import shutil
-import subprocess
 import sys
 import time
-import traceback
 from pathlib import Path
 from typing import Literal, Optional, Sequence
 from unittest.mock import patch
@@ -39,6 +34,7 @@ from jsonargparse import ActionConfigFile, ArgumentParser, Namespace
 
 from arjepa_pl.evaluation.claims import ClaimRoles
 from arjepa_pl.evaluation.compare_costs import estimate
+from arjepa_pl.evaluation.compare_exec import JobRunner
 from arjepa_pl.evaluation.compare_plan import (
     RANDOM_INIT,
     RUN_SUMMARY,
@@ -114,82 +110,6 @@ def check_fairness(configs: dict[str, Namespace]) -> None:
                          + "\n".join(problems) + "\nset them in the comparison's pretrain_args / optimizer")
 
 
-@contextlib.contextmanager
-def output_to(log):
-    """Everything written to stdout and stderr, by Python or C code, goes to the open file `log`."""
-    sys.stdout.flush()
-    sys.stderr.flush()
-    saved = [os.dup(1), os.dup(2)]
-    try:
-        os.dup2(log.fileno(), 1)
-        os.dup2(log.fileno(), 2)
-        yield
-    finally:
-        sys.stdout.flush()
-        sys.stderr.flush()
-        for fd, copy in zip((1, 2), saved):
-            os.dup2(copy, fd)
-            os.close(copy)
-
-
-def run_in_process(args: list[str], log) -> int:
-    """`python -m arjepa_pl ARGS` in this process (no interpreter start, no imports: seconds per run on
-    a laptop); its exit status. Its output goes to `log`."""
-    from arjepa_pl.cli import main as cli_main
-
-    with output_to(log):
-        try:
-            cli_main(args)
-            code = 0
-        except SystemExit as exit_:  # the CLI's argument errors
-            code = exit_.code if isinstance(exit_.code, int) else 1
-        except Exception:  # noqa: BLE001  (reported with the log's tail by `execute`)
-            traceback.print_exc()
-            code = 1
-        finally:
-            import wandb
-
-            if wandb.run is not None:  # a run that failed before its logger finished it
-                wandb.finish(exit_code=1)
-            gc.collect()
-    return code
-
-
-def cpu_seconds() -> float:
-    """CPU time of this process and of its finished children (subprocesses, data loader workers)."""
-    return sum(u.ru_utime + u.ru_stime for u in (resource.getrusage(resource.RUSAGE_SELF),
-                                                 resource.getrusage(resource.RUSAGE_CHILDREN)))
-
-
-def execute(job: Job, command: list[str], out: Path, dry_run: bool, in_process: bool = False) -> None:
-    """Run one command (a subprocess, or in this process: `in_process`) with its output appended to
-    <job dir>/<kind>.log, the command line to commands.txt and its wall / CPU time and the load average
-    to timings.jsonl; an error names the command and shows the end of its log."""
-    line = command_line(command)
-    print(f"$ {line}", flush=True)
-    if dry_run:
-        return
-    log_path = job.directory / f"{job.kind}.log"
-    log_path.parent.mkdir(parents=True, exist_ok=True)
-    with open(out / "commands.txt", "a") as f:
-        f.write(line + "\n")
-    load, start, cpu = os.getloadavg(), time.perf_counter(), cpu_seconds()
-    with open(log_path, "a") as log:
-        if in_process:
-            code = run_in_process(command[command.index("arjepa_pl") + 1:], log)
-        else:
-            code = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT).returncode
-    timing = {"job": job.name, "kind": job.kind, "stage": job.stage.name if job.stage else None,
-              "objective": job.run.objective, "step": job.step, "exit": code, "in_process": in_process,
-              "wall_seconds": time.perf_counter() - start, "cpu_seconds": cpu_seconds() - cpu,
-              "loadavg_start": load, "loadavg_end": os.getloadavg()}
-    with open(out / "timings.jsonl", "a") as f:
-        f.write(json.dumps(timing) + "\n")
-    if code:
-        tail = "".join(log_path.read_text(errors="replace").splitlines(keepends=True)[-30:])
-        raise RuntimeError(f"command failed (exit {code}): {line}\n--- end of {log_path} ---\n{tail}")
-
-
 def compare(
     objectives: list[Pretraining],
     probes: list[ProbeStage],
@@ -206,6 +126,8 @@ def compare(
     claims: Optional[ClaimRoles] = None,
     launcher: Sequence[str] = (),
     executor: Literal["subprocess", "in_process"] = "subprocess",
+    workers: int = 1,
+    threads: Optional[int] = None,
     stage: Literal["all", "pretrain", "probe", "report"] = "all",
     only: Optional[list[str]] = None,
     dry_run: bool = False,
@@ -235,6 +157,9 @@ def compare(
         executor: "subprocess" (every run a fresh `python -m arjepa_pl`) or "in_process" (the runs one
             after another in this process: no start-up of an interpreter per run, for many short
             single-device runs; not with a launcher or several devices).
+        workers: jobs run at a time (in_process: in that many spawned processes); a run's probes start
+            when its pretraining is done.
+        threads: torch threads per job (default: torch's; 1 with as many workers as cores).
         stage: "all"; or only "pretrain", "probe" (needs the pretrained runs) or "report".
         only: run only these runs ("vjepa", "vjepa/clean", "vjepa/clean/seed0"; "random_init" for the baseline).
         dry_run: print the plan, its commands and a time estimate, and check the configs; run nothing.
@@ -280,6 +205,8 @@ def compare(
         raise ValueError(f"executor 'in_process' runs every run in this process: it cannot use launcher "
                          f"{list(launcher)}")
     in_process = executor == "in_process"
+    if workers < 1 or (threads is not None and threads < 1):
+        raise ValueError(f"workers and threads must be >= 1, got workers={workers}, threads={threads}")
     out = Path(out_dir)
     python = [*launcher, sys.executable, "-m", "arjepa_pl"]
     optimizer_args = [f"--model.init_args.{k}={json.dumps(v)}" for k, v in (optimizer or {}).items()]
@@ -371,32 +298,60 @@ def compare(
     pretrain_jobs = [Job("pretrain", run, run.directory) for run in runs if selected(run)]
     if dry_run:
         planned = pretrain_jobs + [job for run in runs + baselines if selected(run) for job in stage_jobs(run)]
-        print(estimate(planned, steps, costs), flush=True)
+        print(estimate(planned, steps, costs, workers), flush=True)
+        for job in planned:
+            print(f"$ {command_line(pretrain_command(job.run) if job.kind == 'pretrain' else stage_command(job))}")
+        return None
+
+    pending: dict[str, int] = {}
+
+    def clean_up(run: Run) -> None:
+        if not keep_feature_cache:
+            shutil.rmtree(run.directory / "feature_cache", ignore_errors=True)
+
+    def stage_todo(run: Run) -> list[Job]:
+        todo = []
+        for job in stage_jobs(run):
+            if job_done(job, steps):
+                print(f"[compare] {job.name}: done already")
+            else:
+                todo.append(job)
+        pending[run.name] = len(todo)
+        if not todo:
+            clean_up(run)
+        return todo
+
+    def finished(job: Job) -> list[Job]:
+        if not job_done(job, steps):
+            raise RuntimeError(f"{job.directory} exited before finishing (pre-empted?); start the comparison "
+                               "again to resume it from its last checkpoint")
+        if job.kind == "pretrain":
+            return stage_todo(job.run) if stage == "all" else []
+        pending[job.run.name] -= 1
+        if pending[job.run.name] == 0:
+            clean_up(job.run)
+        return []
+
+    initial: list[Job] = []
     if stage in ("all", "pretrain"):
         for job in pretrain_jobs:
-            if job_done(job, steps):
-                print(f"[compare] {job.name}: pretrained already")
+            if not job_done(job, steps):
+                initial.append(job)
                 continue
-            print(f"[compare] pretraining {job.name}", flush=True)
-            execute(job, pretrain_command(job.run), out, dry_run, in_process)
-            if not dry_run and not job_done(job, steps):
-                raise RuntimeError(f"{job.directory} exited before finishing (pre-empted?); start the comparison "
-                                   "again to resume it from its last checkpoint")
-
+            print(f"[compare] {job.name}: pretrained already")
+            initial += stage_todo(job.run) if stage == "all" else []
+    if stage == "probe":
+        initial += [job for run in runs if selected(run) for job in stage_todo(run)]
     if stage in ("all", "probe"):
-        for run in filter(selected, runs + baselines):
-            for job in stage_jobs(run):
-                if job_done(job, steps):
-                    print(f"[compare] {job.name}: done already")
-                    continue
-                print(f"[compare] {job.kind} {job.name}", flush=True)
-                execute(job, stage_command(job), out, dry_run, in_process)
-                if not dry_run and not job_done(job, steps):
-                    raise RuntimeError(f"{job.directory} exited before finishing; start the comparison again")
-            if not dry_run and not keep_feature_cache:
-                shutil.rmtree(run.directory / "feature_cache", ignore_errors=True)
+        initial += [job for run in baselines if selected(run) for job in stage_todo(run)]
+    runner = JobRunner(out, executor, workers, threads)
+    try:
+        runner.run(initial, lambda job: pretrain_command(job.run) if job.kind == "pretrain" else stage_command(job),
+                   finished)
+    finally:
+        runner.close()
 
-    if dry_run or stage not in ("all", "report"):
+    if stage not in ("all", "report"):
         return None
     records = collect(runs, baselines, [job for run in runs + baselines for job in stage_jobs(run)])
     context = claims_context(claims, probe_configs, resolved)

@@ -66,7 +66,25 @@ def measure(out_dir: str) -> dict:
     }
 
 
-def estimate(jobs: list, steps: int, costs_path: Optional[str] = None) -> str:
+def makespan(jobs: list, seconds: dict, workers: int) -> float:
+    """Seconds until the last job ends, `workers` jobs at a time, in plan order, a run's stage jobs
+    not before its pretraining ends (as JobRunner runs them)."""
+    free = [0.0] * workers
+    ends: dict[str, float] = {}
+    last = 0.0
+    for job in jobs:
+        if id(job) not in seconds:
+            continue
+        i = min(range(workers), key=free.__getitem__)
+        start = max(free[i], ends.get(job.run.name, 0.0) if job.kind != "pretrain" else 0.0)
+        free[i] = start + seconds[id(job)]
+        if job.kind == "pretrain":
+            ends[job.run.name] = free[i]
+        last = max(last, free[i])
+    return last
+
+
+def estimate(jobs: list, steps: int, costs_path: Optional[str] = None, workers: int = 1) -> str:
     """The plan (jobs by kind) with its estimated time, or the plan alone without a costs file."""
     path = Path(costs_path) if costs_path else DEFAULT_COSTS
     groups: dict[tuple[str, str], int] = defaultdict(int)
@@ -79,30 +97,40 @@ def estimate(jobs: list, steps: int, costs_path: Optional[str] = None) -> str:
         lines.append(f"[compare] no time estimate: {path} not found (bench/compare_costs.py measures it)")
         return "\n".join(lines)
     costs = json.loads(path.read_text())
-    wall = cpu = 0.0
-    unknown = []
-    for (kind, name), n in groups.items():
-        if kind == "pretrain":
-            step = costs["pretrain_seconds_per_step"].get(name)
-            step_cpu = costs["pretrain_cpu_seconds_per_step"].get(name)
+    start = costs["startup_seconds"]
+    wall: dict[int, float] = {}
+    cpu: dict[int, float] = {}
+    unknown = set()
+    for job in jobs:
+        if job.kind == "pretrain":
+            step = costs["pretrain_seconds_per_step"].get(job.run.objective)
+            step_cpu = costs["pretrain_cpu_seconds_per_step"].get(job.run.objective)
             if step is None:
-                unknown.append(name)
+                unknown.add(job.run.objective)
                 continue
-            start = costs["startup_seconds"]
-            one, one_cpu = start + steps * step, start + steps * step_cpu
-            lines.append(f"  {n:3d} x pretrain {name:<16} {steps} steps x {step:.2f} s + {start:.0f} s start "
-                         f"= {n * one / 60:5.1f} min")
+            wall[id(job)], cpu[id(job)] = start + steps * step, start + steps * step_cpu
         else:
-            one, one_cpu = costs["stage_seconds"].get(name), costs["stage_cpu_seconds"].get(name)
+            one, one_cpu = costs["stage_seconds"].get(job.stage.name), costs["stage_cpu_seconds"].get(job.stage.name)
             if one is None:
-                unknown.append(name)
+                unknown.add(job.stage.name)
                 continue
-            lines.append(f"  {n:3d} x {kind} {name:<18} {one:.0f} s each = {n * one / 60:5.1f} min")
-        wall, cpu = wall + n * one, cpu + n * one_cpu
-    load = costs["loadavg_1min"]
-    lines.append(f"[compare] estimate: {wall / 60:.0f} min at the load measured ({costs['measured']}, load average "
-                 f"{load['min']:.1f}-{load['max']:.1f} on {costs['cores']} cores); {cpu / 60:.0f} CPU-minutes = "
-                 f">= {cpu / 60 / costs['cores']:.0f} min on {costs['cores']} idle cores (from {path})")
+            wall[id(job)], cpu[id(job)] = one, one_cpu
+    for (kind, name), n in groups.items():
+        if name in unknown:
+            continue
+        if kind == "pretrain":
+            step_cpu = costs["pretrain_cpu_seconds_per_step"][name]
+            lines.append(f"  {n:3d} x pretrain {name:<16} {steps} steps x {step_cpu:.2f} CPU-s + {start:.0f} s start "
+                         f"= {n * (start + steps * step_cpu) / 60:5.1f} CPU-min")
+        else:
+            lines.append(f"  {n:3d} x {kind} {name:<18} {costs['stage_cpu_seconds'][name]:.0f} CPU-s each "
+                         f"= {n * costs['stage_cpu_seconds'][name] / 60:5.1f} CPU-min")
+    load, cores = costs["loadavg_1min"], costs["cores"]
+    lines.append(f"[compare] estimate from {path} (measured {costs['measured']}, load average {load['min']:.1f}-"
+                 f"{load['max']:.1f} on {cores} cores, {costs.get('omp_num_threads') or 'default'} thread(s) per job): "
+                 f"{sum(cpu.values()) / 60:.0f} CPU-minutes; with {workers} worker(s) on an idle machine "
+                 f"~{makespan(jobs, cpu, workers) / 60:.0f} min (each job as long as its CPU time); at the load "
+                 f"measured ~{makespan(jobs, wall, workers) / 60:.0f} min")
     if unknown:
         lines.append(f"[compare] no measured cost for {sorted(unknown)}: left out of the estimate")
     return "\n".join(lines)
