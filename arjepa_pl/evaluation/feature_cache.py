@@ -115,11 +115,13 @@ def extract(request: FrozenFeatures, loader: DataLoader, layers: list[int], devi
     sample_ndim = 4 if request.input_key == "video" else 3
     parts: dict[str, list[torch.Tensor]] = {"label": [], "index": []}
     extractor = request.extractor
+    seen = 0
     for batch in loader:
         x, views = flatten_views(batch[request.input_key], sample_ndim)
         B = x.size(0) // views
         parts["label"].append(torch.as_tensor(batch["label"]))
-        parts["index"].append(torch.as_tensor(batch["index"]))
+        parts["index"].append(torch.as_tensor(batch["index"]) if "index" in batch else torch.arange(seen, seen + B))
+        seen += B
         if layers:
             with context:
                 outputs = extractor(x.to(device), layers)
