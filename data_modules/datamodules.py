@@ -197,6 +197,7 @@ class ClipDataModule(pl.LightningDataModule):
             if not self.fixed_train_views:
                 raise NotImplementedError(f"{type(self).__name__} augments its training clips and has no fixed views "
                                           "of them: probe it without the feature cache")
+            assert self.train_dataset is not None  # _require_setup
             return self.train_dataset
         if split not in ("val", "test"):
             raise ValueError(f"split must be train, val or test, got {split!r}")
@@ -322,6 +323,7 @@ class VideoDataModule(ClipDataModule):
         self._require_setup()
         args = dict(seed=self.seed, max_retries=self.max_retries, max_bad_fraction=self.max_bad_fraction,
                     **vars(self.clip_options))
+        assert self.train_dataset is not None  # _require_setup
         return self.dataset_class(self.train_dataset.manifests, train=False, **args)
 
     def train_dataloader(self) -> DataLoader:
