@@ -93,13 +93,13 @@ def clip_factors(index: int) -> dict[str, int]:
     for radix in RADICES:
         digits.append(rest % radix)
         rest //= radix
-    values = [digits[0]] + [(digits[0] + d) % radix for d, radix in zip(digits[1:], RADICES[1:], strict=False)]
-    return dict(zip(FACTOR_NAMES, values, strict=False))
+    values = [digits[0]] + [(digits[0] + d) % radix for d, radix in zip(digits[1:], RADICES[1:])]
+    return dict(zip(FACTOR_NAMES, values))
 
 
 def factors_to_label(factors: dict[str, int]) -> int:
     label = 0
-    for name, radix in zip(FACTOR_NAMES, RADICES, strict=False):
+    for name, radix in zip(FACTOR_NAMES, RADICES):
         value = int(factors[name])
         if not 0 <= value < radix:
             raise ValueError(f"factor {name} must lie in [0, {radix}), got {value}")
@@ -108,7 +108,7 @@ def factors_to_label(factors: dict[str, int]) -> int:
 
 
 def label_to_factors(label: int) -> dict[str, int]:
-    return {name: (int(label) // DIVISORS[name]) % radix for name, radix in zip(FACTOR_NAMES, RADICES, strict=False)}
+    return {name: (int(label) // DIVISORS[name]) % radix for name, radix in zip(FACTOR_NAMES, RADICES)}
 
 
 def shape_mask(shape: str, xs: np.ndarray, ys: np.ndarray, cx: np.ndarray, cy: np.ndarray, r: float) -> np.ndarray:
