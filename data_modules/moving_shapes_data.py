@@ -15,11 +15,12 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from arjepa_pl.normalization import IMAGENET_MEAN, IMAGENET_STD
+
+from .datamodules import ClipDataModule
 from .moving_shapes import NUISANCES, NUM_COMBINATIONS, SPLIT_IDS, Nuisance, clip_factors, factors_to_label, render_clip
 from .resumable import ResumableDataLoader
-from .samplers import ClipSampler
-from .transforms import IMAGENET_MEAN, IMAGENET_STD
-from .video import ClipDataModule
+from .samplers import ClipSampler, sample_key
 
 log = logging.getLogger("arjepa_pl.data")
 
@@ -62,14 +63,7 @@ class MovingShapesDataset(Dataset):
         return render_clip(factors, rng, self.frames_per_clip, self.size, self.nuisance), factors
 
     def __getitem__(self, key) -> dict:
-        if isinstance(key, numbers.Integral):
-            index, epoch, position = int(key), 0, int(key)
-        elif isinstance(key, (tuple, list)) and len(key) == 3:
-            index, epoch, position = (int(k) for k in key)
-        else:
-            raise TypeError(f"key must be an index or an (index, epoch, position) tuple, got {key!r}")
-        if not 0 <= index < self.num_clips:
-            raise IndexError(f"index {index} out of range for the {self.num_clips} clips of the {self.split} split")
+        index, epoch, position = sample_key(key, self.num_clips, f"the {self.split} split")
         frames, factors = self.frames(index)
         video = (torch.from_numpy(frames).permute(3, 0, 1, 2) - self.mean) / self.std  # [3, T, S, S]
         return {"video": video, "label": factors_to_label(factors), "index": index, "epoch": epoch,
@@ -136,8 +130,9 @@ class MovingShapesDataModule(ClipDataModule):
         self.test_dataset: MovingShapesDataset | None = None
 
     def _dataset(self, split: str) -> MovingShapesDataset:
-        return MovingShapesDataset(split, self.split_sizes[split], self.frames_per_clip, self.crop_size,
-                                   self.nuisance, self.render_seed, self.mean, self.std)
+        clip = self.clip_options
+        return MovingShapesDataset(split, self.split_sizes[split], clip.frames_per_clip, clip.crop_size,
+                                   self.nuisance, self.render_seed, clip.mean, clip.std)
 
     def setup(self, stage: str | None = None) -> None:
         super().setup(stage)
@@ -149,23 +144,20 @@ class MovingShapesDataModule(ClipDataModule):
             log.info(f"moving shapes: {self.split_sizes} clips, nuisance {self.nuisance.kind} "
                      f"(strength {self.nuisance.strength:g}), render seed {self.render_seed}{note}")
 
-    def train_dataloader(self) -> DataLoader:
+    def train_dataloader(self) -> ResumableDataLoader:
         self._require_setup()
+        assert self.train_dataset is not None  # checked by _require_setup
+        # drop_last in the sampler gives every rank the same number of clips (uneven counts hang DDP).
         sampler = ClipSampler(self.train_dataset, num_replicas=self.world_size, rank=self.rank,
                               shuffle=True, seed=self.seed, drop_last=True)
-        return self._resumable(ResumableDataLoader(
-            self.train_dataset, batch_size=self.batch_size, sampler=sampler, drop_last=self.drop_last,
-            persistent_workers=self.persistent_workers and self.num_workers > 0, **self._loader_args()))
-
-    def _eval_loader(self, dataset: Dataset) -> DataLoader:
-        sampler = ClipSampler(dataset, num_replicas=self.world_size, rank=self.rank, shuffle=False, drop_last=False)
-        return DataLoader(dataset, batch_size=self.batch_size, sampler=sampler, drop_last=False,
-                          persistent_workers=self.persistent_workers and self.num_workers > 0, **self._loader_args())
+        return self._train_loader(self.train_dataset, sampler)
 
     def val_dataloader(self) -> DataLoader:
         self._require_setup()
+        assert self.val_dataset is not None  # set with the training split
         return self._eval_loader(self.val_dataset)
 
     def test_dataloader(self) -> DataLoader:
         self._require_setup()
+        assert self.test_dataset is not None  # set with the training split
         return self._eval_loader(self.test_dataset)

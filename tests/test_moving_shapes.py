@@ -112,7 +112,9 @@ def test_data_module_batches_are_the_same_whatever_the_workers_and_jepa_collates
     def first_batch(workers):
         dm = MovingShapesDataModule(train_clips=16, val_clips=8, test_clips=4, frames_per_clip=4, crop_size=32,
                                     batch_size=4, num_workers=workers, nuisance="dynamic")
-        dm.collate_fn = MaskCollator([{"num_blocks": 2, "spatial_scale": (0.3, 0.3)}], tubelet_size=2, patch_size=8)
+        # What ClipDataModule.collate() returns under a JEPA objective (its collate_fn() hook).
+        collator = MaskCollator([{"num_blocks": 2, "spatial_scale": (0.3, 0.3)}], tubelet_size=2, patch_size=8)
+        dm.collate = lambda: collator
         dm.setup("fit")
         return next(iter(dm.train_dataloader())), dm
 

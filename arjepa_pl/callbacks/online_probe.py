@@ -249,9 +249,11 @@ class OnlineProbe(L.Callback):
             return self._head_logits(features)
 
     def _head_logits(self, features: torch.Tensor) -> list[torch.Tensor]:
-        if self.pooling == "attentive":
-            return [head(features) for head in self.head]
-        return list(self.head(features).split(self.num_classes, dim=-1))
+        head = self.head
+        assert head is not None  # built in setup("fit") for the linear method
+        if isinstance(head, nn.ModuleList):  # attentive pooling: one classifier per task
+            return [classifier(features) for classifier in head]
+        return list(head(features).split(self.num_classes, dim=-1))
 
     def _linear_step(self, features: torch.Tensor, targets: list[torch.Tensor]) -> torch.Tensor:
         head, optimizer = self.head, self.optimizer
@@ -340,8 +342,9 @@ class OnlineProbe(L.Callback):
 
     # -- checkpointed state ------------------------------------------------------------------------
     def _signature(self) -> dict:
-        signature = {"method": self.method, "tasks": [(t.name, t.num_classes, t.divisor, t.modulo) for t in self.tasks],
-                     "layer": self.layer}
+        signature: dict[str, Any] = {
+            "method": self.method, "tasks": [(t.name, t.num_classes, t.divisor, t.modulo) for t in self.tasks],
+            "layer": self.layer}
         if self.pooling != "mean":  # (checkpoints from before pooling existed keep their signature)
             signature["pooling"] = self.pooling
         return signature
