@@ -180,6 +180,20 @@ class ClipDataModule(pl.LightningDataModule):
             loader.epoch_limit = self.trainer.limit_train_batches
         return loader
 
+    def _train_loader(self, dataset: Dataset, sampler: ClipSampler) -> ResumableDataLoader:
+        """The training loader of `dataset` in `sampler`'s order, resumable mid-epoch."""
+        return self._resumable(ResumableDataLoader(
+            dataset, batch_size=self.batch_size, sampler=sampler, drop_last=self.drop_last,
+            persistent_workers=self.persistent_workers and self.num_workers > 0, **self._loader_args()))
+
+    def _eval_loader(self, dataset: Dataset) -> DataLoader:
+        """A validation / test loader: every clip once, in order, split by rank."""
+        # Not drop_last: with several ranks a few clips are repeated (padding) rather than
+        # skipped, so every clip is evaluated.
+        sampler = ClipSampler(dataset, num_replicas=self.world_size, rank=self.rank, shuffle=False, drop_last=False)
+        return DataLoader(dataset, batch_size=self.batch_size, sampler=sampler, drop_last=False,
+                          persistent_workers=self.persistent_workers and self.num_workers > 0, **self._loader_args())
+
     def _require_setup(self) -> None:
         if self.train_dataset is None:
             raise RuntimeError(f"{type(self).__name__}.setup() must run before the dataloaders are built")
@@ -340,17 +354,10 @@ class VideoDataModule(ClipDataModule):
             # drop_last in the sampler gives every rank the same number of clips (uneven counts hang DDP).
             sampler = ClipSampler(self.train_dataset, num_replicas=self.world_size, rank=self.rank,
                                   shuffle=True, seed=self.seed, drop_last=True)
-        return self._resumable(ResumableDataLoader(
-            self.train_dataset, batch_size=self.batch_size, sampler=sampler, drop_last=self.drop_last,
-            persistent_workers=self.persistent_workers and self.num_workers > 0, **self._loader_args()))
+        return self._train_loader(self.train_dataset, sampler)
 
     def val_dataloader(self) -> DataLoader | list:
         self._require_setup()
         if self.val_dataset is None:
             return []  # Lightning runs no validation on an empty list
-        # Not drop_last: with several ranks a few clips are repeated (padding) rather than
-        # skipped, so every clip is evaluated.
-        sampler = ClipSampler(self.val_dataset, num_replicas=self.world_size, rank=self.rank,
-                              shuffle=False, drop_last=False)
-        return DataLoader(self.val_dataset, batch_size=self.batch_size, sampler=sampler, drop_last=False,
-                          persistent_workers=self.persistent_workers and self.num_workers > 0, **self._loader_args())
+        return self._eval_loader(self.val_dataset)
