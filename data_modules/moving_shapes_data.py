@@ -95,6 +95,7 @@ class MovingShapesDataModule(ClipDataModule):
     """
 
     val_option = "val split"
+    fixed_train_views = True  # no augmentation: a cache of frozen features can serve the training clips as they are
 
     def __init__(
         self,

@@ -35,6 +35,7 @@ def test_cached_and_uncached_probes_agree_and_the_encoder_runs_once_per_clip(tmp
     for name in heads_a:
         assert torch.allclose(heads_a[name], heads_b[name], atol=1e-5), name
     assert served["val/clips"] == 12 and 1.0 <= served["features/l1/rankme"] <= 32
+    assert 0.0 < served["features/l1/within_clip_share"] < 1.0
     assert plain["val/shade/l1/top1_low"] <= plain["val/shade/l1/top1"] <= plain["val/shade/l1/top1_high"]
     notes = [json.loads(p.read_text()) for p in (tmp_path / "cache").glob("*.json")]
     assert len(notes) == 2 * 3  # per split: labels and two layers

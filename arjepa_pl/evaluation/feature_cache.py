@@ -35,7 +35,7 @@ from torch.utils.data import DataLoader, Dataset, default_collate
 
 from arjepa_pl.evaluation.frozen import FrozenFeatures
 from arjepa_pl.evaluation.multiview import flatten_views
-from arjepa_pl.feature_stats import rankme
+from arjepa_pl.feature_stats import rankme, within_clip_share
 from arjepa_pl.models import FeatureExtractor
 from arjepa_pl.normalization import IMAGENET_MEAN, IMAGENET_STD, to_uint8_pixels
 from data_modules import ClipSampler, ResumableDataLoader
@@ -272,12 +272,15 @@ class FrozenFeatureData(L.LightningDataModule):
             store.save(keys["pixels"], {"pixels": out["pixels"]}, {**note, "part": "pixels"})
 
     def _stats(self, layers) -> dict[str, float]:
-        """RankMe of the clip-mean features of (up to STATS_CLIPS) evaluation clips at every layer."""
+        """RankMe of the clip-mean features and the within-clip share of token variance (the clip-code
+        shortcut's signature) of (up to STATS_CLIPS) evaluation clips, at every layer."""
         split = self.splits["val"]
         stats = {}
         for layer, features in zip(layers, split.layer_features):
             clips = features[:STATS_CLIPS].flatten(0, 1).float()  # [clips x views, tokens, D]
             stats[f"features/l{layer}/rankme"] = rankme(clips.mean(1))
+            if clips.size(0) > 1:
+                stats[f"features/l{layer}/within_clip_share"] = within_clip_share(clips)
         return stats
 
     def _sampler(self, dataset: Dataset, shuffle: bool) -> ClipSampler:
