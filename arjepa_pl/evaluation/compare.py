@@ -277,7 +277,10 @@ def compare(
                 chosen = {s: run.directory / f"checkpoints/step{s:06d}.ckpt"
                           for s in planned_steps(stage_, every, steps)}
             else:
-                chosen = dict(choose_checkpoints(stage_, saved_checkpoints(run.directory / "checkpoints"), steps))
+                saved = saved_checkpoints(run.directory / "checkpoints")
+                if checkpoint_every and saved:  # along training: the comparison's cadence, not the config's
+                    saved = {s: p for s, p in saved.items() if s % checkpoint_every == 0 or s == max(saved)}
+                chosen = dict(choose_checkpoints(stage_, saved, steps))
                 if not chosen:
                     raise FileNotFoundError(f"{run.name}: no checkpoint in {run.directory / 'checkpoints'}: "
                                             "pretrain it first (--stage pretrain)")

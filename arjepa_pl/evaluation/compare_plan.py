@@ -70,7 +70,8 @@ class ProbeStage:
             probe) or "predict" (the objective's own config in predict mode: rollouts and their metrics).
         config: the probe's config (kind probe only).
         args: command-line overrides for this stage; "{seed}" is replaced by the seed.
-        checkpoints: "last", "all" (every checkpoint the pretraining saved) or a list of steps.
+        checkpoints: "last", "all" (every checkpoint the pretraining saved; with the comparison's
+            checkpoint_every, those at its multiples and the last) or a list of steps.
         objectives: the objectives it applies to ("random_init" for the baseline); default: all (and
             the baseline for kind probe).
         conditions: the conditions it applies to (default: all).
