@@ -5,7 +5,7 @@ parallelism as configuration, and checkpoints free of pickled modules."""
 import inspect
 import warnings
 from dataclasses import asdict, is_dataclass
-from typing import Optional
+from typing import Literal, Optional
 
 import lightning.pytorch as L
 import torch
@@ -42,7 +42,9 @@ class ScheduledModule(L.LightningModule):
     one is an error). This is their only documentation.
 
     Args:
-        lr / start_lr / final_lr / warmup_steps: linear warm-up start_lr -> lr, then cosine to final_lr.
+        lr / start_lr / final_lr / warmup_steps: linear warm-up start_lr -> lr, then cosine to final_lr
+            (lr_schedule "warmup_cosine"), or lr held and a linear cooldown to final_lr over the last
+            cooldown_steps of total_steps (lr_schedule "warmup_constant_cooldown", V-JEPA 2).
         weight_decay / final_weight_decay: cosine weight-decay schedule (biases and norms: none).
         betas / eps: AdamW's.
         total_steps: length of the schedules; default: what the trainer will run.
@@ -63,10 +65,20 @@ class ScheduledModule(L.LightningModule):
         total_steps: Optional[int] = None,
         activation_checkpointing: bool = False,
         compile: bool = False,
+        lr_schedule: Literal["warmup_cosine", "warmup_constant_cooldown"] = "warmup_cosine",
+        cooldown_steps: int = 0,
     ):
         super().__init__()
         if warmup_steps < 0:
             raise ValueError(f"warmup_steps must be >= 0, got {warmup_steps}")
+        if lr_schedule not in ("warmup_cosine", "warmup_constant_cooldown"):
+            raise ValueError(f"lr_schedule must be 'warmup_cosine' or 'warmup_constant_cooldown', got {lr_schedule!r}")
+        if cooldown_steps < 0 or (cooldown_steps and lr_schedule != "warmup_constant_cooldown"):
+            raise ValueError(f"cooldown_steps={cooldown_steps}: must be >= 0, and is used only by "
+                             "lr_schedule 'warmup_constant_cooldown'")
+        if total_steps is not None and warmup_steps + cooldown_steps > total_steps:
+            raise ValueError(f"warmup_steps ({warmup_steps}) + cooldown_steps ({cooldown_steps}) exceed "
+                             f"total_steps ({total_steps})")
         if total_steps is not None and total_steps < 1:
             raise ValueError(f"total_steps must be >= 1, got {total_steps}")
         self.lr, self.start_lr, self.final_lr, self.warmup_steps = lr, start_lr, final_lr, warmup_steps
@@ -75,6 +87,7 @@ class ScheduledModule(L.LightningModule):
         self.betas, self.eps = (beta1, beta2), eps
         self._total_steps = total_steps
         self.activation_checkpointing, self.compile_blocks = activation_checkpointing, compile
+        self.lr_schedule, self.cooldown_steps = lr_schedule, cooldown_steps
         self._parallelized = False
 
     def save_init_args(self) -> None:
@@ -146,6 +159,9 @@ class ScheduledModule(L.LightningModule):
         return int(steps)
 
     def lr_at(self, step: int) -> float:
+        if self.lr_schedule == "warmup_constant_cooldown":
+            return schedules.warmup_constant_cooldown(step, self.warmup_steps, self.cooldown_steps, self.total_steps,
+                                                      self.start_lr, self.lr, self.final_lr)
         return schedules.warmup_cosine(step, self.warmup_steps, self.total_steps, self.start_lr, self.lr, self.final_lr)
 
     def weight_decay_at(self, step: int) -> float:

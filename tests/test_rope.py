@@ -60,7 +60,7 @@ def test_head_split_and_coordinates():
     assert [axis_channels(d) for d in (64, 32, 96, 6)] == [20, 10, 32, 2]  # 64-d heads: 3 x 20, 4 unrotated
     t, h, w = grid_coordinates(GRID, torch.tensor([flat(5, 6, 7), flat(1, 2, 3)]), torch.device("cpu"))
     assert t.tolist() == [5, 1] and h.tolist() == [6, 2] and w.tolist() == [7, 3]
-    with pytest.raises(ValueError, match="too narrow"):
+    with pytest.raises(ValueError, match="even number >= 6"):
         Rope3D(4)
     with pytest.raises(ValueError, match="positions must be one of"):
         VisionTransformer(embed_dim=32, depth=1, num_heads=2, positions="learned")

@@ -44,20 +44,19 @@ def grid_coordinates(grid: Sequence[int], index: Optional[torch.Tensor], device:
 
 
 class RopeTables(NamedTuple):
-    """cos and sin of every rotated channel of the tokens of one forward pass, [B or 1, 1, N, 3 * part];
-    `rotate` applies them to queries or keys [B, heads, N, head_dim]."""
+    """The rotation of every channel of the tokens of one forward pass, [B or 1, 1, N, head_dim]: `cos`,
+    and `sin` with the sign of each pair's rotation folded in (-sin on channel 2i, +sin on 2i+1); the
+    channels left unrotated have cos 1 and sin 0. `rotate` applies them to queries or keys
+    [B, heads, N, head_dim]: channel pair (x0, x1) -> (x0 cos0 - x1 sin0, x1 cos1 + x0 sin1)."""
 
     cos: torch.Tensor
     sin: torch.Tensor
 
     def rotate(self, x: torch.Tensor) -> torch.Tensor:
-        n = self.cos.size(-1)
-        rotated, rest = x[..., :n], x[..., n:]
-        # The partner of channel 2i is 2i+1: (x0, x1) -> (-x1, x0), pair by pair.
-        pairs = rotated.unflatten(-1, (-1, 2))
-        partner = torch.stack((-pairs[..., 1], pairs[..., 0]), dim=-1).flatten(-2)
-        out = rotated * self.cos.to(x.dtype) + partner * self.sin.to(x.dtype)
-        return torch.cat([out, rest], dim=-1) if rest.size(-1) else out
+        # Full-width tables and a pair swap (flip) instead of slicing, negating and concatenating: a
+        # few elementwise ops, several times faster than the slice / stack / cat form on small heads.
+        partner = x.unflatten(-1, (-1, 2)).flip(-1).flatten(-2)
+        return x * self.cos.to(x.dtype) + partner * self.sin.to(x.dtype)
 
 
 class Rope3D(nn.Module):
@@ -69,8 +68,8 @@ class Rope3D(nn.Module):
         if positions not in ROPE_POSITIONS:
             raise ValueError(f"rotary positions must be one of {ROPE_POSITIONS}, got {positions!r}")
         self.part = axis_channels(head_dim)
-        if self.part == 0:
-            raise ValueError(f"a head of {head_dim} channels is too narrow for 3-D rotary embeddings (needs >= 6)")
+        if self.part == 0 or head_dim % 2:
+            raise ValueError(f"3-D rotary embeddings need heads of an even number >= 6 of channels, got {head_dim}")
         self.head_dim, self.positions = head_dim, positions
 
     def extra_repr(self) -> str:
@@ -94,4 +93,8 @@ class Rope3D(nn.Module):
         angles = angles.unsqueeze(-3)  # a heads axis: [B, 1, K, 3 * part] or [1, N, 3 * part]
         if angles.ndim == 3:
             angles = angles.unsqueeze(0)
-        return RopeTables(angles.cos(), angles.sin())
+        rest = self.head_dim - angles.size(-1)
+        cos = torch.cat([angles.cos(), angles.new_ones(*angles.shape[:-1], rest)], dim=-1)
+        sign = torch.tensor([-1.0, 1.0], device=device).repeat(self.head_dim // 2)
+        sin = torch.cat([angles.sin(), angles.new_zeros(*angles.shape[:-1], rest)], dim=-1) * sign
+        return RopeTables(cos, sin)
