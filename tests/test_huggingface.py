@@ -157,3 +157,25 @@ def test_export_command_writes_a_transformers_directory(tmp_path, clip, capsys):
     with pytest.raises(SystemExit):
         export_main(["--ckpt_path", str(tmp_path / "jepa.ckpt"), "--huggingface", "--out", str(tmp_path / "x")])
     assert "--crop_size" in capsys.readouterr().err
+
+
+def test_probe_heads_start_from_a_transformers_classifier(tmp_path, clip):
+    """Probe(head_init=...): every attentive head takes V-JEPA 2's pooler shape and weights; the classifier
+    too where the class count agrees (else it starts fresh). Probing the classifier's own encoder then
+    gives transformers' logits."""
+    from arjepa_pl.evaluation import Probe
+    from arjepa_pl.evaluation.tasks import ProbeTask
+
+    hf = randomised(VJEPA2ForVideoClassification(small_config(num_labels=5)))
+    save(hf, tmp_path / "cls")
+    probe = Probe(tasks=[ProbeTask("action", 5), ProbeTask("other", 3)], encoder_checkpoint=str(tmp_path / "cls"),
+                  head_init=str(tmp_path / "cls"))
+    action, other = probe.heads["action_l1"], probe.heads["other_l1"]
+    assert len(action.pooler.blocks) == 1 and isinstance(action.pooler.xattn.proj, torch.nn.Identity)
+    with torch.no_grad():
+        logits, views = probe.logits({"video": clip, "label": torch.zeros(2, dtype=torch.long)})
+        torch.testing.assert_close(logits["action_l1"], hf(clip.transpose(1, 2)).logits, rtol=0, atol=1e-5)
+    assert torch.equal(other.pooler.query, action.pooler.query) and other.linear.weight.shape == (3, 48)
+    with pytest.raises(InteropError, match="num_heads to 2"):
+        Probe(tasks=[ProbeTask("action", 5)], encoder_checkpoint=str(tmp_path / "cls"), head_init=str(tmp_path / "cls"),
+              num_heads=4)

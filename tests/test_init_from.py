@@ -124,3 +124,22 @@ def test_fit_starts_from_init_from_our_checkpoint_and_a_transformers_directory(t
     fresh.setup("fit")
     assert_same_weights(fresh.target_encoder, source.encoder)
     assert_same_weights(fresh.predictor, source.predictor)
+
+
+def test_export_converts_a_vjepa2_training_checkpoint_for_probes(tmp_path, capsys):
+    """`export --positions rope_vjepa2` reads V-JEPA 2's target encoder even when the file keeps a table
+    (without the flag such a file would pass for a sin-cos V-JEPA 1 one); probes then read the export."""
+    from arjepa_pl.interop import load_feature_extractor
+    from arjepa_pl.interop.export import main as export_main
+
+    source = jepa(seed=1)
+    torch.save(official_checkpoint(source, pos_tables=True), tmp_path / "vitl.pt")
+    export_main(["--ckpt_path", str(tmp_path / "vitl.pt"), "--positions", "rope_vjepa2", "--num_heads", "2",
+                 "--out", str(tmp_path / "target.pt")])
+    assert "target_encoder" in capsys.readouterr().out
+    extractor = load_feature_extractor(tmp_path / "target.pt")
+    assert extractor.encoder.positions == "rope_vjepa2"
+    assert_same_weights(extractor.encoder, source.target_encoder)
+    # A file without a table needs no flag: it can only be rotary.
+    torch.save(official_checkpoint(source), tmp_path / "no_table.pt")
+    assert load_feature_extractor(tmp_path / "no_table.pt", num_heads=2).encoder.positions == "rope_vjepa2"

@@ -106,3 +106,27 @@ def test_rope_demo_trains_and_its_cooldown_phase_resumes_with_longer_clips(tmp_p
     assert cli.trainer.global_step == 6
     assert _logged(second, "train/lr") == pytest.approx([1e-3, 1e-3 - 0.25 * (1e-3 - 1e-5)])  # steps 4 and 5
     assert cli.model.encoder.positions == "rope_vjepa2"
+
+
+def test_segments_are_concatenated_per_crop_in_time_order():
+    """V-JEPA 2's probe protocol: a video's temporal segments form one token sequence per spatial crop."""
+    from arjepa_pl.evaluation.multiview import concatenate_segments
+
+    B, S, E, N = 2, 3, 2, 4  # samples, segments, crops, tokens
+    # feature value = (sample, segment, crop, token) encoded as digits; views are segment-major.
+    f = torch.tensor([[[b * 1000 + s * 100 + e * 10 + n] for n in range(N)] for b in range(B) for s in range(S)
+                      for e in range(E)], dtype=torch.float32)
+    out, crops = concatenate_segments(f, S * E, S)
+    assert crops == E and out.shape == (B * E, S * N, 1)
+    assert out[3, :, 0].tolist() == [1010 + s * 100 + n for s in range(S) for n in range(N)]  # sample 1, crop 1
+    with pytest.raises(ValueError, match="num_clips"):
+        concatenate_segments(f, S * E, 4)
+    # In the probe: 2 segments x 3 crops per video -> 3 scored views, each over both segments' tokens.
+    from arjepa_pl.evaluation import Probe
+    from arjepa_pl.evaluation.tasks import ProbeTask
+    from arjepa_pl.models import VisionTransformer
+
+    encoder = VisionTransformer(embed_dim=32, depth=1, num_heads=2, patch_size=8, positions="rope_vjepa2")
+    probe = Probe(tasks=[ProbeTask("a", 4)], encoder=encoder, segments=2, self_attn_blocks=1, cross_attn_proj=False)
+    logits, views = probe.logits({"video": torch.randn(2, 6, 3, 4, 16, 16), "label": torch.zeros(2, dtype=torch.long)})
+    assert views == 3 and logits["a_l0"].shape == (6, 4)

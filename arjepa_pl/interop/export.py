@@ -127,6 +127,9 @@ def parser() -> argparse.ArgumentParser:
                    help="official checkpoints: attention heads (default: standard ViT for the width)")
     p.add_argument("--weights_only", type=_bool_or_auto, default=True,
                    help="torch.load's weights_only (false only for trusted files with other pickled objects)")
+    p.add_argument("--positions", choices=["auto", "rope", "rope_vjepa2"], default="auto",
+                   help="official checkpoints: auto = sin-cos if the encoder stores a pos_embed table, else "
+                   "V-JEPA 2's rope_vjepa2; rope_vjepa2 = rotary even if a (leftover) table is stored")
     p.add_argument("--huggingface", action="store_true",
                    help="write a transformers VJEPA2Model directory (encoder + predictor) to --out instead")
     p.add_argument("--crop_size", type=int, help="--huggingface: the clips' side in pixels (transformers decodes "
@@ -172,7 +175,8 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
                 "the .safetensors file is written beside it")
     try:
         ckpt = resolve_last(args.run_dir) if args.ckpt_path == "last" else Path(args.ckpt_path)
-        extractor, source = read_feature_extractor(ckpt, args.which, args.num_heads, args.weights_only)
+        config = None if args.positions == "auto" else {"positions": args.positions}
+        extractor, source = read_feature_extractor(ckpt, args.which, args.num_heads, args.weights_only, config)
         source["checkpoint"] = str(ckpt.resolve())
         written = save_feature_extractor(extractor, args.out, source, args.safetensors)
     except (InteropError, CheckpointLoadError, FileNotFoundError) as e:

@@ -36,6 +36,7 @@ clips of one length); its weights are the official checkpoint's context `encoder
 
 from __future__ import annotations
 
+import logging
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,6 +47,8 @@ from torch import nn
 
 from arjepa_pl.interop.weights import InteropError
 from arjepa_pl.models import AttentiveClassifier, JepaPredictor, VisionTransformer
+
+log = logging.getLogger("arjepa_pl.interop")
 
 HF_POSITIONS = "rope_vjepa2"  # the only position scheme transformers' VJEPA2 implements
 
@@ -65,19 +68,18 @@ PREDICTOR_RULES = [
     (r"predictor_norm\.(\w+)", ["layernorm.{0}"]),
     (r"predictor_proj\.(\w+)", ["proj.{0}"]),
 ]
-HEAD_RULES = [
-    (r"pooler\.query", ["pooler.query_tokens"]),
-    (r"pooler\.blocks\.(\d+)\.attn\.qkv\.(\w+)", [f"pooler.self_attention_layers.{{0}}.self_attn.{n}_proj.{{1}}"
-                                                  for n in "qkv"]),
-    (r"pooler\.blocks\.(\d+)\.attn\.proj\.(\w+)", ["pooler.self_attention_layers.{0}.self_attn.out_proj.{1}"]),
-    (r"pooler\.blocks\.(\d+)\.norm(\d)\.(\w+)", ["pooler.self_attention_layers.{0}.layer_norm{1}.{2}"]),
-    (r"pooler\.blocks\.(\d+)\.mlp\.(fc\d)\.(\w+)", ["pooler.self_attention_layers.{0}.mlp.{1}.{2}"]),
-    (r"pooler\.norm(\d)\.(\w+)", ["pooler.cross_attention_layer.layer_norm{0}.{1}"]),
-    (r"pooler\.xattn\.q\.(\w+)", ["pooler.cross_attention_layer.cross_attn.q_proj.{0}"]),
-    (r"pooler\.xattn\.kv\.(\w+)", [f"pooler.cross_attention_layer.cross_attn.{n}.{{0}}" for n in _KV]),
-    (r"pooler\.mlp\.(fc\d)\.(\w+)", ["pooler.cross_attention_layer.mlp.{0}.{1}"]),
-    (r"linear\.(\w+)", ["classifier.{0}"]),
+POOLER_RULES = [  # ours: AttentivePooler (cross_attn_proj=False); theirs under "pooler."
+    (r"query", ["query_tokens"]),
+    (r"blocks\.(\d+)\.attn\.qkv\.(\w+)", [f"self_attention_layers.{{0}}.self_attn.{n}_proj.{{1}}" for n in "qkv"]),
+    (r"blocks\.(\d+)\.attn\.proj\.(\w+)", ["self_attention_layers.{0}.self_attn.out_proj.{1}"]),
+    (r"blocks\.(\d+)\.norm(\d)\.(\w+)", ["self_attention_layers.{0}.layer_norm{1}.{2}"]),
+    (r"blocks\.(\d+)\.mlp\.(fc\d)\.(\w+)", ["self_attention_layers.{0}.mlp.{1}.{2}"]),
+    (r"norm(\d)\.(\w+)", ["cross_attention_layer.layer_norm{0}.{1}"]),
+    (r"xattn\.q\.(\w+)", ["cross_attention_layer.cross_attn.q_proj.{0}"]),
+    (r"xattn\.kv\.(\w+)", [f"cross_attention_layer.cross_attn.{n}.{{0}}" for n in _KV]),
+    (r"mlp\.(fc\d)\.(\w+)", ["cross_attention_layer.mlp.{0}.{1}"]),
 ]
+CLASSIFIER_RULES = [(r"(weight|bias)", ["{0}"])]  # ours: AttentiveClassifier.linear; theirs under "classifier."
 
 
 def key_map(our_keys, rules, prefix: str) -> dict[str, list[str]]:
@@ -252,7 +254,8 @@ def huggingface_from_state(state: dict, config: Any, source: str) -> HuggingFace
     if base:
         head = AttentiveClassifier(config.hidden_size, config.num_labels, config.num_attention_heads,
                                    self_attn_blocks=config.num_pooler_layers, cross_attn_proj=False)
-        used |= import_state(head, state, HEAD_RULES, "", source, owns=("pooler.", "classifier."))
+        used |= import_state(head.pooler, state, POOLER_RULES, "pooler.", source)
+        used |= import_state(head.linear, state, CLASSIFIER_RULES, "classifier.", source)
     left = sorted(set(state) - used)
     if left:
         raise InteropError(f"{source}: {len(left)} transformers weight(s) no arjepa_pl module takes: "
@@ -304,3 +307,45 @@ def export_checkpoint_to_huggingface(ckpt_path: Union[str, Path], out_dir: Union
         raise InteropError(f"which must be 'encoder' or 'target_encoder' for a transformers export, got {which!r}")
     encoder, predictor, _ = jepa_from_checkpoint(ckpt_path, which, weights_only)
     return export_huggingface(encoder, predictor, out_dir, crop_size, frames_per_clip)
+
+
+@dataclass
+class HuggingFaceProbeHead:
+    """The attentive head of a transformers VJEPA2ForVideoClassification, to start probes from."""
+
+    state: dict
+    config: Any
+    source: str
+
+    @property
+    def self_attn_blocks(self) -> int:
+        return int(self.config.num_pooler_layers)
+
+    def init(self, heads) -> None:
+        """Start every head from this pooler (all of it, checked) and classifier (where the class count
+        agrees; otherwise it stays fresh, logged)."""
+        for head in heads:
+            if not isinstance(head, AttentiveClassifier):
+                raise InteropError(f"head_init ({self.source}) starts attentive probes only, not {type(head).__name__}")
+            pooler = head.pooler
+            ours = (pooler.xattn.num_heads, pooler.norm1.eps)
+            theirs = (self.config.num_attention_heads, self.config.layer_norm_eps)
+            if ours != theirs:
+                raise InteropError(f"the probe's pooler has (heads, LayerNorm eps) {ours}; {self.source}'s has "
+                                   f"{theirs}: set the probe's num_heads to {theirs[0]}")
+            import_state(pooler, self.state, POOLER_RULES, "pooler.", self.source)
+            if tuple(head.linear.weight.shape) == tuple(self.state["classifier.weight"].shape):
+                import_state(head.linear, self.state, CLASSIFIER_RULES, "classifier.", self.source)
+            else:
+                log.warning(f"head_init: {self.source}'s classifier is {tuple(self.state['classifier.weight'].shape)}"
+                            f", the probe's {tuple(head.linear.weight.shape)}: the probe's classifier starts fresh")
+
+
+def read_probe_head(source: str) -> HuggingFaceProbeHead:
+    """The pooler + classifier of a VJEPA2ForVideoClassification directory or `hf:<hub id>`."""
+    name = source[3:] if source.startswith("hf:") else source
+    state, config = read_huggingface_state(name)
+    if "classifier.weight" not in state:
+        raise InteropError(f"{source} is a VJEPA2Model without a classification head: head_init needs a "
+                           "VJEPA2ForVideoClassification")
+    return HuggingFaceProbeHead(state, config, source)
