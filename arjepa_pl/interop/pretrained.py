@@ -22,7 +22,7 @@ from __future__ import annotations
 import logging
 import re
 from pathlib import Path
-from typing import Sequence, Union
+from typing import Mapping, Optional, Sequence, Union
 
 from torch import nn
 
@@ -73,19 +73,20 @@ def _entries(checkpoint: dict, source: str) -> tuple[str, dict[str, dict]]:
     return "official", entries
 
 
-def init_jepa(source: str, modules: dict[str, nn.Module], parts: Sequence[str] = PARTS,
+def init_jepa(source: str, modules: Mapping[str, Optional[nn.Module]], parts: Sequence[str] = PARTS,
               weights_only: bool = True) -> dict[str, str]:
     """Load `parts` of `source` into `modules` ({"encoder": ..., "target_encoder": ..., "predictor": ...});
     returns {part: the source's entry it came from}."""
     unknown = [p for p in parts if p not in PARTS]
     if unknown or not parts:
         raise InteropError(f"init parts must be a non-empty selection of {PARTS}, got {list(parts)}")
-    absent = [p for p in parts if modules.get(p) is None]
+    present = {part: module for part, module in modules.items() if module is not None}
+    absent = [p for p in parts if p not in present]
     if absent:
         raise InteropError(f"cannot initialise {absent}: this JEPA has none "
                            "(teacher='stop_grad' keeps no target encoder)")
     if _is_huggingface(source):
-        return _from_huggingface(source, modules, parts)
+        return _from_huggingface(source, present, parts)
     path = Path(source)
     if not path.exists():
         raise FileNotFoundError(f"init_from: no checkpoint at {source} "
@@ -111,9 +112,9 @@ def init_jepa(source: str, modules: dict[str, nn.Module], parts: Sequence[str] =
         where = f"{source}[{name!r}]"
         if kind == "official":
             load = load_official_predictor if part == "predictor" else load_official_encoder
-            load(modules[part], entries[name], where)  # type: ignore[arg-type]
+            load(present[part], entries[name], where)  # type: ignore[arg-type]
         else:
-            load_weights(modules[part], entries[name], where, "predictor" if part == "predictor" else "encoder")
+            load_weights(present[part], entries[name], where, "predictor" if part == "predictor" else "encoder")
         if name != part:
             log.info(f"init_from: {source} has no {part}; it starts from the source's {name}")
         loaded[part] = name
