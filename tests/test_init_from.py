@@ -127,8 +127,8 @@ def test_fit_starts_from_init_from_our_checkpoint_and_a_transformers_directory(t
 
 
 def test_export_converts_a_vjepa2_training_checkpoint_for_probes(tmp_path, capsys):
-    """`export --positions rope_vjepa2` reads V-JEPA 2's target encoder even when the file keeps a table
-    (without the flag such a file would pass for a sin-cos V-JEPA 1 one); probes then read the export."""
+    """`export --positions rope_vjepa2` reads V-JEPA 2's target encoder, dropping a stored table (without
+    the flag such a file would pass for a sin-cos V-JEPA 1 one); probes then read the export."""
     from arjepa_pl.interop import load_feature_extractor
     from arjepa_pl.interop.export import main as export_main
 
@@ -140,6 +140,8 @@ def test_export_converts_a_vjepa2_training_checkpoint_for_probes(tmp_path, capsy
     extractor = load_feature_extractor(tmp_path / "target.pt")
     assert extractor.encoder.positions == "rope_vjepa2"
     assert_same_weights(extractor.encoder, source.target_encoder)
-    # A file without a table needs no flag: it can only be rotary.
+    # Positions are never guessed: without the flag a table is taken for sin-cos (and checked), and a
+    # file without one is refused, naming the setting.
     torch.save(official_checkpoint(source), tmp_path / "no_table.pt")
-    assert load_feature_extractor(tmp_path / "no_table.pt", num_heads=2).encoder.positions == "rope_vjepa2"
+    with pytest.raises(InteropError, match="positions 'rope_vjepa2'"):
+        load_feature_extractor(tmp_path / "no_table.pt", num_heads=2)

@@ -128,8 +128,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--weights_only", type=_bool_or_auto, default=True,
                    help="torch.load's weights_only (false only for trusted files with other pickled objects)")
     p.add_argument("--positions", choices=["auto", "rope", "rope_vjepa2"], default="auto",
-                   help="official checkpoints: auto = sin-cos if the encoder stores a pos_embed table, else "
-                   "V-JEPA 2's rope_vjepa2; rope_vjepa2 = rotary even if a (leftover) table is stored")
+                   help="official checkpoints: auto = sin-cos, checked against the stored pos_embed table; "
+                   "rope_vjepa2 for V-JEPA 2 encoders (any stored table is dropped)")
     p.add_argument("--huggingface", action="store_true",
                    help="write a transformers VJEPA2Model directory (encoder + predictor) to --out instead")
     p.add_argument("--crop_size", type=int, help="--huggingface: the clips' side in pixels (transformers decodes "

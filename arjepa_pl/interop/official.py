@@ -28,10 +28,10 @@ then computes the official features with their two channel halves swapped — th
 in another channel order, which no probe can tell apart (a warning says so). A table that matches
 no sin-cos grid (learned positions) is an error.
 
-V-JEPA 2 (facebookresearch/vjepa2) keeps these names but uses rotary positions: a checkpoint with no
-`pos_embed` is read as V-JEPA 2 (positions "rope_vjepa2"); one that stores a table although its model is
-rotary needs `encoder_config={"positions": "rope_vjepa2"}` (the table is then dropped: nothing can tell
-a rotary model's leftover table from a used one).
+V-JEPA 2 (facebookresearch/vjepa2) keeps these names but uses rotary positions: its encoders load with
+`encoder_config={"positions": "rope_vjepa2"}` (`export --positions rope_vjepa2`), which drops any stored
+table: nothing in a file tells a rotary model's leftover table from a sin-cos model's, so it is never
+guessed (a file without `pos_embed` and without that setting is an error saying so).
 
 Predictors (`load_official_predictor`, for continuing pretraining): the same prefixes; `predictor_embed`,
 `predictor_blocks.i.*`, `predictor_norm`, `predictor_proj` keep their names; the official mask tokens
@@ -142,7 +142,11 @@ def encoder_from_official(state_dict: dict, source: str, num_heads: Optional[int
     """A VisionTransformer holding an official encoder's weights (keys with or without prefixes)."""
     weights = strip_prefixes(state_dict)
     pos_embed = weights.pop("pos_embed", None)
-    positions = (encoder_config or {}).get("positions", "sincos" if pos_embed is not None else "rope_vjepa2")
+    positions = (encoder_config or {}).get("positions", "sincos")
+    if positions == "sincos" and pos_embed is None:
+        raise InteropError(f"{source} stores no pos_embed: the encoder uses another position scheme, e.g. "
+                           "V-JEPA 2's rotary embeddings: load it with positions 'rope_vjepa2' "
+                           "(export --positions rope_vjepa2, or encoder_config={'positions': 'rope_vjepa2'})")
     if positions != "sincos":  # V-JEPA 2: rotary positions, nothing to check a table against
         config = {**infer_encoder_config(weights, num_heads), **(encoder_config or {}), "positions": positions}
         if pos_embed is not None:
