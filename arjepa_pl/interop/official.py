@@ -75,7 +75,7 @@ def infer_encoder_config(state_dict: dict, num_heads: Optional[int] = None) -> d
         if width not in standard:
             raise InteropError(f"cannot tell the number of attention heads of a width-{width} ViT (no standard "
                                f"size has that width: {sorted(standard)}): pass num_heads")
-        num_heads = standard[width]
+        num_heads = int(standard[width])
     hidden = fc1.shape[0]
     # The MLP is int(width * mlp_ratio) wide: hidden / width can land a hair below hidden when multiplied back.
     mlp_ratio = hidden / width if int(width * (hidden / width)) == hidden else (hidden + 0.5) / width
