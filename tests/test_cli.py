@@ -16,7 +16,8 @@ PRESETS = sorted((REPO / "configs" / "trainer").glob("*.yaml"))
 # compare*.yaml configure `python -m arjepa_pl compare`, not a Trainer: tests/test_compare.py checks them.
 CONFIGS = sorted(set((REPO / "configs").rglob("*.yaml")) - set(PRESETS) - set((REPO / "configs").glob("compare*.yaml")))
 # Configs whose models are too big to build for real in a test: instantiated on the meta device.
-LARGE = {"vjepa_vitl16.yaml"}
+LARGE = {"vjepa_vitl16.yaml", "vjepa2_vitl16.yaml", "vjepa2_vitl16_cooldown.yaml", "vjepa2_vitg16.yaml",
+         "vjepa2_vitg16_cooldown.yaml", "vjepa2_probe_vitl16.yaml"}
 # Configs written for GPU clusters: their hardware keys are swapped for one CPU process here.
 ON_CPU = ["--trainer.accelerator", "cpu", "--trainer.devices", "1", "--trainer.num_nodes", "1", "--trainer.strategy", "auto",
           "--trainer.precision", "32-true"]
