@@ -32,7 +32,7 @@ def test_schedule_arguments_are_checked():
     encoder = VisionTransformer(embed_dim=32, depth=1, num_heads=2, patch_size=8)
     for kw, match in [(dict(cooldown_steps=5), "used only by"), (dict(lr_schedule="cosine"), "lr_schedule"),
                       (dict(lr_schedule="warmup_constant_cooldown", warmup_steps=8, cooldown_steps=5, total_steps=10),
-                       "exceed")]:
+                       "plus the 5 cooldown steps is longer than the run")]:
         with pytest.raises(ValueError, match=match):
             VJEPA(encoder, predictor_depth=1, **kw)
 
