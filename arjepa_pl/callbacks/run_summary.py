@@ -1,5 +1,8 @@
 """summary.json in the run directory: what a run did, for scripts (the compare harness) to read
-without parsing logs or depending on which logger is configured."""
+without parsing logs or depending on which logger is configured; and at the end of `fit`, the same
+short summary that `python -m arjepa_pl summary RUN_DIR` prints, with the picture of the curves.
+
+The CLI adds one to every run that does not configure its own (arjepa_pl.callbacks.defaults)."""
 
 import json
 import os
@@ -9,6 +12,7 @@ from typing import Optional
 
 import lightning.pytorch as L
 import torch
+from lightning.pytorch.loggers import CSVLogger
 
 from arjepa_pl.callbacks.performance import PerformanceMonitor, batch_clips_and_tokens
 
@@ -19,10 +23,15 @@ class RunSummary(L.Callback):
     {"stage", "global_step", "fit_seconds" (wall time of fit, summed over resumed runs), "train_clips"
     (all devices), "train_flops" (PerformanceMonitor's FLOPs per clip x train_clips; null without one),
     "metrics" (the trainer's final scalar metrics)}. The file is replaced atomically.
+
+    Args:
+        path: where to write it (default `<default_root_dir>/summary.json`).
+        report: at the end of fit, print the run's key numbers and draw `<default_root_dir>/curves.png`
+            (arjepa_pl.summary).
     """
 
-    def __init__(self, path: Optional[str] = None):
-        self.path = path
+    def __init__(self, path: Optional[str] = None, report: bool = True):
+        self.path, self.report = path, report
         self.fit_seconds = 0.0
         self.train_clips = 0  # on this rank
         self._start: Optional[float] = None
@@ -68,6 +77,13 @@ class RunSummary(L.Callback):
     def on_fit_end(self, trainer, pl_module) -> None:
         self._write(trainer, "fit")
         self._start = None
+        if self.report and trainer.global_rank == 0:
+            from arjepa_pl.summary import summarize
+
+            for logger in trainer.loggers:
+                if isinstance(logger, CSVLogger):
+                    logger.save()  # the rows of the last steps, before they are read
+            print("\n" + summarize(trainer.default_root_dir), flush=True)
 
     def on_validation_end(self, trainer, pl_module) -> None:
         if trainer.state.fn == "validate":
