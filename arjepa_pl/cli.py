@@ -22,6 +22,7 @@ import yaml
 from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
 from lightning.pytorch.loggers import WandbLogger
 
+from arjepa_pl.callbacks.defaults import add_run_callbacks
 from arjepa_pl.checkpoints import RandomState, resolve_ckpt_path, use_atomic_checkpoint_io
 from arjepa_pl.slurm import SlurmRequeue
 from arjepa_pl.strategies import FSDP2Strategy  # noqa: F401  (registers --trainer.strategy fsdp2)
@@ -60,6 +61,10 @@ class ArJepaCLI(LightningCLI):
             **kwargs,
         )
 
+    def _instantiate_trainer(self, config: dict, callbacks: list) -> L.Trainer:
+        # Every run's progress bar, model summary, final validation and end-of-fit summary, unless configured.
+        return super()._instantiate_trainer(config, add_run_callbacks(config, callbacks))
+
     def instantiate_trainer(self, **kwargs) -> L.Trainer:
         trainer = super().instantiate_trainer(**kwargs)
         use_atomic_checkpoint_io(trainer)
@@ -81,6 +86,7 @@ EXTRA_COMMANDS = {
                 "pretrain objectives on equal terms, probe each frozen encoder, write the table"),
     "export": ("arjepa_pl.interop.export",
                "write a checkpoint's encoder as a plain state dict with its rebuild config"),
+    "summary": ("arjepa_pl.summary", "a run's key numbers from its metrics.csv, and a picture of its curves"),
 }
 
 
