@@ -167,8 +167,8 @@ class WandbLogger(_LightningWandbLogger):
             if self.mode == "offline":
                 self._log_model = False  # nothing to upload to
                 where = os.path.join(save_dir, "wandb")
-                rank_zero_info(f"W&B offline ({why}): run {self._id} is saved in {where}; "
-                               f"upload it later with `wandb sync {where}/offline-run-*-{self._id}`")
+                rank_zero_info(f"W&B offline ({why}); upload the run later with "
+                               f"`wandb sync {where}/offline-run-*-{self._id}`")
                 # wandb would repeat the mode in three lines of its own and print its run history at
                 # the end; the line above says where the run is, the end-of-fit summary the numbers.
                 self._wandb_init["settings"] = {"silent": True}

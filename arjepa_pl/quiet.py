@@ -23,15 +23,19 @@ class _DropMessages(logging.Filter):
         return not any(fragment in message for fragment in self.fragments)
 
 
-_LITLOGGER_TIP = _DropMessages("try installing [litlogger]")
+_LIGHTNING_INFO = _DropMessages(
+    # An advertisement for Lightning's cloud logger, printed whenever a Trainer is built without it.
+    "try installing [litlogger]",
+    # The normal end of a run: the progress line stops at the budget it reached and the end-of-fit
+    # summary says `step N / N` (other reasons to stop, such as no training batches, are kept).
+    "`Trainer.fit` stopped: `max_steps=", "`Trainer.fit` stopped: `max_epochs=",
+)
 
 
 def install() -> None:
     """Add the filters (again: adding one twice keeps one)."""
-    # Lightning advertises its cloud logger whenever a Trainer is built without it: an advertisement,
-    # not a message about the run.
     for name in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero"):
-        logging.getLogger(name).addFilter(_LITLOGGER_TIP)
+        logging.getLogger(name).addFilter(_LIGHTNING_INFO)
     # Lightning (<= 2.6) builds torch's LeafSpec, which torch 2.10+ deprecates, whenever it combines
     # data loaders: Lightning's code, fixed by a Lightning upgrade, not by anything in a configuration.
     warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated",
@@ -41,6 +45,9 @@ def install() -> None:
     # Lightning warns about the pair in case a script passed both by mistake.
     warnings.filterwarnings("ignore", message="LightningCLI's args parameter is intended to run from within Python",
                             category=UserWarning)
+    # LightningCLI (<= 2.6) calls jsonargparse APIs deprecated since jsonargparse 4.49: Lightning's code
+    # again (these are DeprecationWarnings, shown by pytest, hidden in a run).
+    warnings.filterwarnings("ignore", category=DeprecationWarning, module="lightning.pytorch.cli")
 
 
 install()

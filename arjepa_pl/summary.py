@@ -141,10 +141,14 @@ def summary_text(run_dir: Path, series: Series, curves: Optional[Path] = None) -
 
     rankme = sorted(k for k in series if k.startswith("collapse/") and k.endswith("_rankme"))
     if rankme:
-        first, last = series[rankme[0]][0][0], series[rankme[0]][-1][0]
-        lines.append(f"RankMe, step {first} -> {last}: " + ", ".join(
-            f"{k.split('/')[1].removesuffix('_rankme')} {series[k][0][1]:.3g} -> {series[k][-1][1]:.3g}"
-            for k in rankme))
+        first, last = min(series[k][0][0] for k in rankme), max(series[k][-1][0] for k in rankme)
+        if first == last:
+            lines.append(f"RankMe at step {first}: " + ", ".join(
+                f"{k.split('/')[1].removesuffix('_rankme')} {series[k][-1][1]:.3g}" for k in rankme))
+        else:
+            lines.append(f"RankMe, step {first} -> {last}: " + ", ".join(
+                f"{k.split('/')[1].removesuffix('_rankme')} {series[k][0][1]:.3g} -> {series[k][-1][1]:.3g}"
+                for k in rankme))
     if curves is not None:
         lines.append(f"curves: {curves}")
     return "\n".join(lines)

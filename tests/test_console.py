@@ -127,4 +127,6 @@ def test_dependency_noise_is_dropped_and_nothing_else(caplog):
     with caplog.at_level(logging.INFO, logger=log.name):
         log.info("💡 Tip: For seamless cloud logging, try installing [litlogger](https://pypi.org/project/litlogger/)")
         log.info("GPU available: False, used: False")
-    assert caplog.messages == ["GPU available: False, used: False"]
+        log.info("`Trainer.fit` stopped: `max_steps=300` reached.")
+        log.info("`Trainer.fit` stopped: No training batches.")
+    assert caplog.messages == ["GPU available: False, used: False", "`Trainer.fit` stopped: No training batches."]

@@ -67,7 +67,7 @@ def test_summary_gives_steps_time_throughput_and_last_and_best_of_each_metric(ru
     assert table["val/loss"] == ["0.65", "(29)", "0.6", "(19)"]
     assert table["online_probe/shape/acc"] == ["0.25", "(29)", "0.5", "(19)"]
     assert list(table)[:2] == ["train/loss", "val/loss"] and "train/lr" not in table
-    assert rows[-1] == "RankMe, step 25 -> 25: context 9 -> 9, target 35 -> 25"
+    assert rows[-1] == "RankMe, step 0 -> 25: context 9 -> 9, target 35 -> 25"
 
 
 def test_summary_command_prints_the_numbers_and_draws_the_curves(run_dir, capsys):

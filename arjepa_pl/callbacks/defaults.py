@@ -40,7 +40,8 @@ class FinalValidation(L.Callback):
             trainer.should_stop = True
 
 
-log = logging.getLogger(__name__)
+# Lightning's own summary logger, whose messages Lightning prints (ours has no handler).
+log = logging.getLogger("lightning.pytorch.callbacks.model_summary")
 
 
 class ModelSummary(_LightningModelSummary):
