@@ -11,7 +11,7 @@ Encoders in and out of arjepa_pl: official V-JEPA / I-JEPA checkpoints, our chec
   `meta.pt`, and only the encoder's tensors are read from the shards;
 - a file written by `export_feature_extractor` (`.pt` or `.safetensors`);
 - an official V-JEPA / I-JEPA checkpoint (a dict with `encoder` / `target_encoder` / `predictor` /
-  `opt` / `scaler` / `epoch` ..., see REFERENCE §7), or a bare official encoder state dict.
+  `opt` / `scaler` / `epoch` ..., as the official repositories save them), or a bare official encoder state dict.
 
 `which` picks the encoder: "auto" = what the objective's probes read (JEPA: the EMA target encoder; AR
 models: their only, block-causal encoder) or, in official checkpoints, `target_encoder` (what the
