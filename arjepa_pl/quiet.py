@@ -45,9 +45,6 @@ def install() -> None:
     # Lightning warns about the pair in case a script passed both by mistake.
     warnings.filterwarnings("ignore", message="LightningCLI's args parameter is intended to run from within Python",
                             category=UserWarning)
-    # LightningCLI (<= 2.6) calls jsonargparse APIs deprecated since jsonargparse 4.49: Lightning's code
-    # again (these are DeprecationWarnings, shown by pytest, hidden in a run).
-    warnings.filterwarnings("ignore", category=DeprecationWarning, module="lightning.pytorch.cli")
 
 
 install()

@@ -43,7 +43,7 @@ def small_video(config: str, run_dir: Path, demo_manifests, steps: int) -> list[
 
 
 def readme_ar_commands() -> list[list[str]]:
-    section = (REPO / "README.md").read_text().split("## Autoregressive models", 1)[1].split("\n## ", 1)[0]
+    section = (REPO / "docs/autoregressive.md").read_text()
     blocks = re.findall(r"```bash\n(.*?)```", section, re.S)
     return [shlex.split(line) for block in blocks for line in block.splitlines() if line.startswith("python -m arjepa_pl")]
 
