@@ -95,8 +95,9 @@ def test_an_epoch_budget_off_the_validation_cadence_still_ends_validated(tmp_pat
 
 def test_every_run_gets_the_bar_summary_and_final_validation_unless_configured():
     config: dict = {"callbacks": [], "enable_progress_bar": None}
-    names = [type(c).__name__ for c in add_run_callbacks(config, [])]
-    assert names == ["RunProgressBar", "ModelSummary", "FinalValidation", "RunSummary"]
+    callbacks = add_run_callbacks(config, [])
+    assert [type(c).__name__ for c in callbacks] == ["RunProgressBar", "ModelSummary", "FinalValidation", "RunSummary"]
+    assert callbacks[-1].stages == ("fit",)  # a later `validate` leaves the fit's summary.json in place
     assert config["enable_model_summary"] is False  # ours replaces Lightning's, which would say it skipped itself
     config = {"callbacks": [RunProgressBar(), FinalValidation()], "enable_progress_bar": False,
               "enable_model_summary": False}

@@ -77,5 +77,5 @@ def add_run_callbacks(trainer_config: dict[str, Any], callbacks: list[L.Callback
     if not any(isinstance(c, FinalValidation) for c in configured):
         extra.append(FinalValidation())
     if not any(isinstance(c, RunSummary) for c in configured):
-        extra.append(RunSummary())
+        extra.append(RunSummary(stages=("fit",)))
     return [*callbacks, *extra]
