@@ -49,8 +49,8 @@ def mask_pictures(
     """One picture per mask configuration, `masks<i>`: a row per clip, `num_frames` frames spread over
     the clip: context tokens as they are, target tokens grey with blue stripes (visible on any colour),
     tokens in neither (dropped to give every clip of the batch the same count) dark. Labelled with
-    `titles[i]` (e.g. the step and the mask configuration), the frames shown, each clip's dropped
-    token count and a legend; `titles=None` gives the bare tiles.
+    `titles[i]` (e.g. the step and the mask configuration), the frames shown and a legend with the
+    token counts; `titles=None` gives the bare tiles.
 
     Args:
         video: normalised clips [B, C, T, H, W], or images [B, C, H, W] (one frame, tubelet 1).
@@ -70,12 +70,12 @@ def mask_pictures(
     pictures = {}
     for i, mask in enumerate(masks):
         frames = rgb[:, times].astype(np.float32)  # [B, F, H, W, 3]
-        dropped = []
+        dropped = set()
         for b in range(B):
             labels = np.zeros(math.prod(grid), dtype=np.uint8)  # 0 neither, 1 context, 2 target
             labels[mask["context"][b].cpu().numpy()] = 1
             labels[mask["target"][b].cpu().numpy().ravel()] = 2
-            dropped.append(int((labels == 0).sum()))
+            dropped.add(int((labels == 0).sum()))
             labels = labels.reshape(grid)[times // tubelet_size]  # [F, H', W'] tokens of the shown frames
             pixels = labels.repeat(patch_size, axis=1).repeat(patch_size, axis=2)[:, :H, :W]
             f = frames[b]  # a view: edited in place
@@ -87,7 +87,10 @@ def mask_pictures(
         picture = tile(frames)
         if titles is not None:
             h, w = H * scale, W * scale
+            # The same lengths for every clip: the truncation makes them so (I-JEPA's target blocks may overlap).
             kc, kt = mask["context"].shape[-1], mask["target"][0].numel()
+            n = math.prod(grid)
+            counts = f"{min(dropped)}" if len(dropped) == 1 else f"{min(dropped)}-{max(dropped)}"
             shown = ", ".join(str(t) for t in times)
             picture = annotate(
                 picture,
@@ -95,11 +98,10 @@ def mask_pictures(
                                                                f"{patch_size}x{patch_size}-pixel patches)" if T > 1 else
                                                                f" (tokens: {patch_size}x{patch_size}-pixel patches)")],
                 top=[(k * (w + 2) + w // 2, f"frame {t}") for k, t in enumerate(times)] if T > 1 else [],
-                left=[(r * (h + 2) + h // 2, f"clip {r}\n{dropped[r]} of {math.prod(grid)}\ndropped")
-                      for r in range(B)],
-                legend=[(swatch("context"), f"context: what the encoder sees ({kc} tokens a clip)"),
+                left=[(r * (h + 2) + h // 2, f"clip {r}") for r in range(B)],
+                legend=[(swatch("context"), f"context: what the encoder sees ({kc} of {n} tokens a clip)"),
                         (swatch("target"), f"target: what the predictor predicts ({kt} tokens a clip)"),
-                        (swatch("dropped"), DROPPED_MEANING)])
+                        (swatch("dropped"), f"{DROPPED_MEANING} ({counts} tokens a clip)")])
         pictures[f"masks{i}"] = picture
     return pictures
 
