@@ -184,8 +184,8 @@ def plot_curves(series: Series, path: Path, title: str = "") -> Optional[Path]:
         for key in keys:
             steps, values = zip(*series[key])
             ax.plot(steps, values, label=key, marker="o" if len(steps) < 12 else None, markersize=3, linewidth=1.2)
-        values = [v for k in keys for _, v in series[k]]
-        if scale == "log" and min(values) > 0 and max(values) > 10 * min(values):  # log only across decades
+        every = [v for k in keys for _, v in series[k]]
+        if scale == "log" and min(every) > 0 and max(every) > 10 * min(every):  # log only across decades
             ax.set_yscale("log")
         ax.set_title(name, fontsize=10)
         ax.set_xlabel("step")
