@@ -118,6 +118,7 @@ def test_compare_runs_end_to_end_and_resumes(tmp_path, demo_manifests):
     assert (out / "results.md").read_text() == table
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("config", sorted((REPO / "configs").glob("compare*.yaml")), ids=lambda p: p.name)
 def test_every_compare_config_checks_out_in_a_dry_run(config, tmp_path):
     """Every pretraining and probe command of the config parses, and the objectives are comparable."""

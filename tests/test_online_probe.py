@@ -78,6 +78,7 @@ def fit(module, probe, tmp_path, steps, ckpt_path=None, **trainer_args):
     return trainer
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method", ["linear", "knn"])
 def test_probe_learns_what_the_features_encode(tmp_path, method):
     probe = OnlineProbe(TASKS, method=method, lr=0.05, k=5, bank_size=128)
@@ -89,6 +90,7 @@ def test_probe_learns_what_the_features_encode(tmp_path, method):
     assert probe.probe_steps == 48 and probe.seconds > 0
 
 
+@pytest.mark.slow
 def test_probe_on_shuffled_labels_stays_near_chance(tmp_path):
     """The accuracy above comes from the features, not from the probe memorising the val set."""
     class Shuffled(FixedEncoder):
