@@ -5,7 +5,7 @@ next tubelet's pixels, AdamW) on the same clips.
 Bench config (issue #2): 16 frames of 64x64, patch 8, tubelet 2 (8x8x8 = 512 tokens), encoder
 192 d x 6 layers x 3 heads, predictor 96 d x 3 layers, batch 8, the two default mask configurations,
 fp32. Masks are drawn by the collator the DataLoader workers use, outside the timed region (workers
-overlap it with the step). The reference implementation runs this at ~1.8 steps/s on a 2-core CPU.
+overlap it with the step). V-JEPA's public implementation runs this at ~1.8 steps/s on a 2-core CPU.
 
     python bench/train_step.py [--steps 20] [--warmup 3] [--threads N] [--device cpu|cuda] [--compile]
                                [--objectives vjepa ar_video] [--positions sincos rope_vjepa2]

@@ -84,7 +84,7 @@ def fit(run_dir: Path, demo_manifests, *extra: str) -> ArJepaCLI:
     path.write_text(yaml.safe_dump(config))
     return ArJepaCLI(args=["fit", "--config", str(path), "--trainer.default_root_dir", str(run_dir),
                            "--trainer.logger", "lightning.pytorch.loggers.CSVLogger", "--trainer.logger.init_args.name",
-                           "logs", "--trainer.log_every_n_steps", "1", "--trainer.enable_progress_bar", "false",
+                           "logs", "--trainer.logger.init_args.save_dir", str(run_dir), "--trainer.log_every_n_steps", "1", "--trainer.enable_progress_bar", "false",
                            "--trainer.limit_val_batches", "0", "--data.train_manifest", str(demo_manifests.train),
                            "--data.num_workers", "0", *extra])
 

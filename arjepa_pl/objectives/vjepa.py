@@ -251,7 +251,7 @@ class JEPA(ScheduledModule):
         terms = self.jepa_terms(batch)
         return terms["loss"], [terms[f"loss_mask{i}"] for i in range(len(self.masks))]
 
-    # What may raise the collapse alarm (measured on the demo data, see the README's collapse section):
+    # What may raise the collapse alarm (measured on the demo data, see docs/collapse.md):
     # - RankMe of the targets (the teacher's features of the whole input; in stop_grad mode the
     #   student's own), not of the student's context features: a healthy student's context RankMe
     #   drops to ~0.2x its value at initialisation within 40 steps (most context tokens are plain
