@@ -39,6 +39,7 @@ from arjepa_pl.feature_stats import rankme, within_clip_share
 from arjepa_pl.models import FeatureExtractor
 from arjepa_pl.normalization import IMAGENET_MEAN, IMAGENET_STD, to_uint8_pixels
 from data_modules import ClipSampler, ResumableDataLoader
+from data_modules.generated import sha256
 
 log = logging.getLogger("arjepa_pl.probe")
 
@@ -47,14 +48,6 @@ LOADER_OPTIONS = frozenset({"batch_size", "num_workers", "pin_memory", "persiste
                             "report_skipped", "iterations_per_epoch", "mix_weights", "max_retries", "max_bad_fraction"})
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 STATS_CLIPS = 1024  # evaluation clips the feature statistics are measured on (RankMe is an SVD of clips x D)
-
-
-def sha256_of_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def extractor_fingerprint(extractor: FeatureExtractor) -> str:
@@ -74,7 +67,7 @@ def data_identity(datamodule: L.LightningDataModule, dataset: Dataset) -> dict:
     options = {k: v for k, v in dict(getattr(datamodule, "hparams", {})).items() if k not in LOADER_OPTIONS}
     files = [str(p) for p in getattr(dataset, "manifests", [])]
     return {"class": f"{cls.__module__}.{cls.__qualname__}", "options": json.loads(json.dumps(options, default=str)),
-            "manifests": {p: sha256_of_file(Path(p)) for p in files if Path(p).is_file()}, "clips": len(dataset)}  # type: ignore[arg-type]
+            "manifests": {p: sha256(Path(p)) for p in files if Path(p).is_file()}, "clips": len(dataset)}  # type: ignore[arg-type]
 
 
 def entry_key(**parts: Any) -> str:
