@@ -16,6 +16,8 @@ from .manifest import read_manifest
 from .resumable import ResumableDataLoader
 from .samplers import ClipSampler, WeightedClipSampler
 from .shards import pack, read_shard_set
+from .two_rooms import TwoRooms, TwoRoomsLayout
+from .two_rooms_module import TwoRoomsDataModule
 from .streaming import ShardClipStream, StreamingVideoDataModule
 
 __all__ = [
@@ -41,4 +43,7 @@ __all__ = [
     "default_demo_dir",
     "read_manifest",
     "DemoManifests",
+    "TwoRooms",
+    "TwoRoomsLayout",
+    "TwoRoomsDataModule",
 ]
