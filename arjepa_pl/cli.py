@@ -162,6 +162,7 @@ EXTRA_COMMANDS = {
                 "pretrain objectives on equal terms, probe each frozen encoder, write the table"),
     "export": ("arjepa_pl.interop.export",
                "write a checkpoint's encoder as a plain state dict with its rebuild config"),
+    "plan": ("arjepa_pl.planning.plan", "plan in two rooms with a world model (or the oracle, or random actions)"),
 }
 
 
