@@ -163,6 +163,7 @@ EXTRA_COMMANDS = {
     "export": ("arjepa_pl.interop.export",
                "write a checkpoint's encoder as a plain state dict with its rebuild config"),
     "plan": ("arjepa_pl.planning.plan", "plan in two rooms with a world model (or the oracle, or random actions)"),
+    "plan_benchmark": ("arjepa_pl.planning.benchmark", "train world models on equal terms, plan with each, tabulate"),
 }
 
 
