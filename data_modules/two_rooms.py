@@ -61,7 +61,8 @@ class TwoRoomsLayout:
         if not (lo < self.wall_left - self.agent_radius and self.wall_right + self.agent_radius < hi):
             raise ValueError(f"the wall (x = {self.wall_x} +- {self.wall_thickness / 2}) leaves no room on one side")
         if not (lo <= self.door_y - self.door_width / 2 and self.door_y + self.door_width / 2 <= hi):
-            raise ValueError(f"the door (y = {self.door_y} +- {self.door_width / 2}) must lie within {lo:.3f}..{hi:.3f}")
+            raise ValueError(f"the door (y = {self.door_y} +- {self.door_width / 2}) must lie within "
+                             f"{lo:.3f}..{hi:.3f}")
         if self.door_width <= 0:
             raise ValueError(f"door_width must be > 0, got {self.door_width}")
 

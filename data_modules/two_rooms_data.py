@@ -49,7 +49,8 @@ def random_walk_actions(n: int, steps: int, generator: torch.Generator, turn_std
     from [min_speed, 1]. Keeping a heading for a while carries the agent across a room and, now and
     then, through the door (i.i.d. directions would jitter in place)."""
     if not 0 <= switch_prob <= 1 or not 0 <= min_speed <= 1 or turn_std < 0:
-        raise ValueError(f"need 0 <= switch_prob, min_speed <= 1 and turn_std >= 0, got {switch_prob}, {min_speed}, {turn_std}")
+        raise ValueError(f"need 0 <= switch_prob, min_speed <= 1 and turn_std >= 0, "
+                         f"got {switch_prob}, {min_speed}, {turn_std}")
     heading = torch.rand(n, generator=generator) * 2 * math.pi
     actions = torch.empty(n, steps, 2)
     for t in range(steps):
@@ -96,7 +97,8 @@ def two_rooms_files(params: dict) -> set[str]:
 def two_rooms_params(layout: TwoRoomsLayout, num_train: int, num_val: int, trajectory_length: int, seed: int,
                      policy: dict) -> dict:
     """The generation parameters (what index.json records), checked."""
-    for name, value, minimum in (("num_train", num_train, 1), ("num_val", num_val, 0), ("trajectory_length", trajectory_length, 1)):
+    for name, value, minimum in (("num_train", num_train, 1), ("num_val", num_val, 0),
+                                 ("trajectory_length", trajectory_length, 1)):
         if value < minimum:
             raise ValueError(f"{name} must be >= {minimum}, got {value}")
     return {"format_version": FORMAT_VERSION, "layout": layout.as_dict(), "num_train": num_train, "num_val": num_val,

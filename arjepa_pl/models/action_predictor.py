@@ -55,7 +55,8 @@ class ActionConditionedPredictor(nn.Module):
         nn.init.trunc_normal_(self.action_type, std=0.02)
         self._tables: dict[tuple, torch.Tensor] = {}
 
-    def _positions(self, start: int, steps: int, device: torch.device, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    def _positions(self, start: int, steps: int, device: torch.device,
+                   dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
         """(frame positions [steps, N, D], action positions [steps, D]) of steps start .. start + steps - 1,
         cut from tables that grow (doubling) when a longer sequence comes."""
         key = (device, dtype)
@@ -77,7 +78,8 @@ class ActionConditionedPredictor(nn.Module):
         if N != self.tokens_per_frame:
             raise ValueError(f"frames have {N} tokens, the predictor's grid {self.grid} has {self.tokens_per_frame}")
         if actions.shape != (B, T, self.action_dim):
-            raise ValueError(f"actions must be [{B}, {T}, {self.action_dim}] for these frames, got {tuple(actions.shape)}")
+            raise ValueError(f"actions must be [{B}, {T}, {self.action_dim}] for these frames, "
+                             f"got {tuple(actions.shape)}")
         if caches is not None and (len(caches) != len(self.blocks) or len(caches[0]) != start * (N + 1)):
             raise ValueError(f"need {len(self.blocks)} caches holding the {start} steps before this one")
         x = self.frame_embed(frames)

@@ -44,7 +44,8 @@ class ACJEPA(ActionConditionedObjective):
         predictor_embed_dim / predictor_depth / predictor_num_heads: the action-conditioned predictor.
         rollout_steps / rollout_weight: the rollout term (steps fed their own predictions, and its weight).
         ema_momentum: (start, end) of the linear EMA schedule of the target encoder.
-        vicreg_var_coeff / vicreg_cov_coeff: weights of the VICReg variance and covariance terms (0: off).
+        vicreg_var_coeff / vicreg_cov_coeff: weights of the VICReg variance and covariance terms (0: off),
+            computed over frames (each frame's tokens concatenated into one vector).
         vicreg_features: what they regularise: "context" (the encoder's tokens) and/or "predicted".
         optim_args: optimiser, schedules and parallelism, see PretrainObjective.
     """
@@ -141,7 +142,10 @@ class ACJEPA(ActionConditionedObjective):
         for name, coeff, fn in (("vicreg_var", self.vicreg_var_coeff, vicreg_variance),
                                 ("vicreg_cov", self.vicreg_cov_coeff, vicreg_covariance)):
             if coeff > 0:
-                terms[name] = torch.stack([fn(features[f]) for f in self.vicreg_features]).mean()
+                # One sample per frame, its tokens side by side ([B * T, N * D]): the tokens of one frame
+                # are not samples, as their positions alone would spread them. So every token must vary
+                # from frame to frame, which it can only do by encoding what changes (the agent).
+                terms[name] = torch.stack([fn(features[f].flatten(-2)) for f in self.vicreg_features]).mean()
                 loss = loss + coeff * terms[name]
         terms["loss"] = loss
         return terms, features

@@ -12,7 +12,6 @@ from pathlib import Path
 from typing import Optional
 
 import numpy as np
-import torch
 from PIL import Image
 
 from arjepa_pl.objectives.ar_writers import rollout_frames, rollout_strip

@@ -137,7 +137,9 @@ class MPC:
             def cost_fn(actions: torch.Tensor) -> torch.Tensor:
                 return world_model.trajectory_costs(start, goal[idx], actions, self.cost_weighting, self.max_rollouts)
 
-            counter = FlopCounterMode(display=False, custom_mapping=_CPU_ATTENTION) if count_flops and calls == 0 else None
+            counter = None
+            if count_flops and calls == 0:
+                counter = FlopCounterMode(display=False, custom_mapping=_CPU_ATTENTION)
             _sync(device)
             begin = time.perf_counter()
             if counter is not None:
@@ -169,7 +171,8 @@ class MPC:
         return self._results(world_model.name, state, goals, steps, trajectory, predicted, first_plan, seconds, calls,
                              flops_per_action)
 
-    def _results(self, name, state, goals, steps, trajectory, predicted, first_plan, seconds, calls, flops) -> EpisodeResults:
+    def _results(self, name, state, goals, steps, trajectory, predicted, first_plan, seconds, calls,
+                 flops) -> EpisodeResults:
         while len(trajectory) < self.max_steps + 1:  # episodes that all ended early: hold the last state
             trajectory.append(trajectory[-1])
         distance = (state - goals).norm(dim=-1)
@@ -179,7 +182,8 @@ class MPC:
     def run_random(self, sim: TwoRooms, episodes: Episodes, seed: int = 0) -> EpisodeResults:
         """The same episodes under open-loop random-walk actions (the data set's policy), stopping at the goal."""
         starts, goals = episodes.starts, episodes.goals
-        actions = random_walk_actions(len(episodes), self.max_steps, torch.Generator().manual_seed(seed)).to(starts.device)
+        generator = torch.Generator().manual_seed(seed)
+        actions = random_walk_actions(len(episodes), self.max_steps, generator).to(starts.device)
         state, done = starts.clone(), torch.zeros(len(episodes), dtype=torch.bool, device=starts.device)
         steps = torch.zeros(len(episodes), dtype=torch.long, device=starts.device)
         trajectory = [state.clone()]

@@ -107,7 +107,8 @@ class SamplingPlanner:
         """Minimise cost_fn over action sequences, starting from init_mean [B, H, A] (e.g. the previous
         plan shifted by the steps taken since, zeros at first)."""
         if init_mean.dim() != 3 or init_mean.shape[1] != self.horizon:
-            raise ValueError(f"init_mean must be [batch, horizon={self.horizon}, action_dim], got {tuple(init_mean.shape)}")
+            raise ValueError(f"init_mean must be [batch, horizon={self.horizon}, action_dim], "
+                             f"got {tuple(init_mean.shape)}")
         B, H, A = init_mean.shape
         mean = project(init_mean, self.action_bound)
         std = torch.full_like(mean, self.init_std * self.action_bound)

@@ -131,10 +131,12 @@ def plan(
 
 def report_lines(summary: dict) -> str:
     flops = summary.get("planning_flops_per_action")
-    return ("| world model | episodes | success (%) | final distance | steps | planning ms / action | planning GFLOPs / action |\n"
+    return ("| world model | episodes | success (%) | final distance | steps | planning ms / action "
+            "| planning GFLOPs / action |\n"
             "|---|---|---|---|---|---|---|\n"
             f"| {summary['name']} | {summary['episodes']} | {100 * summary['success_rate']:.1f} | "
-            f"{summary['final_distance']:.3f} | {summary['steps']:.1f} | {1000 * summary['planning_seconds_per_action']:.1f} | "
+            f"{summary['final_distance']:.3f} | {summary['steps']:.1f} | "
+            f"{1000 * summary['planning_seconds_per_action']:.1f} | "
             f"{'—' if flops is None else f'{flops / 1e9:.2f}'} |\n")
 
 
@@ -171,10 +173,9 @@ def log_to_wandb(summary: dict, rows: list[dict], media: list[Path], out: Path, 
     mode, why = choose_mode(None, connect_timeout=5.0)
     if why:
         print(f"[plan] W&B {mode}: {why}")
+    config = {k: v for k, v in summary.items() if isinstance(v, (int, float, str, bool, dict))}
     run = wandb.init(project=project, dir=str(out), id=pinned_run_id(out), resume="allow", mode=mode, job_type="plan",
-                     name=f"plan-{summary['name']}-{out.name}", config={k: v for k, v in summary.items()
-                                                                         if isinstance(v, (int, float, str, bool, dict))},
-                     reinit="finish_previous")
+                     name=f"plan-{summary['name']}-{out.name}", config=config, reinit="finish_previous")
     logged = {"plan/episodes": wandb.Table(columns=list(rows[0]), data=[list(r.values()) for r in rows]),
               "plan/report": wandb.Html(f"<pre>{text}</pre>")}
     for path in media:
@@ -203,5 +204,6 @@ def plan_arguments(argv: Optional[list[str]] = None) -> dict:
 def main(argv: Optional[list[str]] = None) -> None:
     kwargs = plan_arguments(argv)
     summary = plan(**kwargs)
-    print(f"[plan] {summary['name']}: {100 * summary['success_rate']:.1f} % success over {summary['episodes']} episodes "
+    print(f"[plan] {summary['name']}: {100 * summary['success_rate']:.1f} % success over {summary['episodes']} "
+          "episodes "
           f"in {summary['eval_seconds'] / 60:.1f} min; report in {kwargs['out_dir']}")
