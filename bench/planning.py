@@ -24,7 +24,7 @@ import torch
 import yaml
 
 from arjepa_pl.cli import ArJepaCLI
-from arjepa_pl.planning.plan import plan_arguments, plan
+from arjepa_pl.planning.plan import plan, plan_arguments
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = {"ac_jepa": REPO / "configs/ac_jepa.yaml", "ac_ar": REPO / "configs/ac_ar.yaml"}

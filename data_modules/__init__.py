@@ -16,9 +16,9 @@ from .manifest import read_manifest
 from .resumable import ResumableDataLoader
 from .samplers import ClipSampler, WeightedClipSampler
 from .shards import pack, read_shard_set
+from .streaming import ShardClipStream, StreamingVideoDataModule
 from .two_rooms import TwoRooms, TwoRoomsLayout
 from .two_rooms_module import TwoRoomsDataModule
-from .streaming import ShardClipStream, StreamingVideoDataModule
 
 __all__ = [
     "VideoDataModule",

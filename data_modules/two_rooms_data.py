@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .generated import ensure_generated
 from .two_rooms import TwoRooms, TwoRoomsLayout
 
 log = logging.getLogger("arjepa_pl.data")
@@ -71,7 +72,8 @@ def simulate(sim: TwoRooms, starts: torch.Tensor, actions: torch.Tensor) -> tupl
 
 
 def generate_two_rooms(tmp: Path, params: dict) -> None:
-    """Write the data set `params` describes into the empty directory `tmp` (index.json excepted).
+    """Write the data set `params` describes into the empty directory `tmp` (index.json is written by
+    data_modules.generated).
 
     Deterministic: the same params give the same bytes (float32 on the CPU, one seeded generator per
     split)."""
@@ -107,56 +109,18 @@ def two_rooms_params(layout: TwoRoomsLayout, num_train: int, num_val: int, traje
 
 def ensure_two_rooms(root: str | os.PathLike, params: dict) -> Path:
     """The data set `params` describes, in `root/v<format>-<digest of params>` (so sets of different
-    sizes live side by side), generated unless an intact one is there; returns its directory.
-    Every process may call it: cheap when cached (hashes a few small files)."""
+    sizes live side by side), generated unless an intact one is there (data_modules.generated: atomic,
+    locked, verified); returns its directory. Every process may call it: cheap when cached."""
     digest = hashlib.sha256(json.dumps(params, sort_keys=True).encode()).hexdigest()[:12]
     directory = Path(root).expanduser().resolve() / f"v{FORMAT_VERSION}-{digest}"
-    what = (f"two-rooms trajectories ({params['num_train']} train + {params['num_val']} val x "
-            f"{params['trajectory_length']} steps, seed {params['seed']})")
-    return _ensure_generated(directory, params, two_rooms_files(params), generate_two_rooms, what)
 
+    def generate(tmp: Path) -> None:
+        log.info(f"generating two-rooms trajectories in {directory} ({params['num_train']} train + "
+                 f"{params['num_val']} val x {params['trajectory_length']} steps, seed {params['seed']})")
+        generate_two_rooms(tmp, params)
 
-def _ensure_generated(root: Path, params: dict, files: set[str], generate, what: str) -> Path:
-    # TODO(layout, issue 14): data_modules/generated.py's ensure_generated replaces this function; it
-    # reuses the demo set's lock and hashing instead of keeping a second copy of them meanwhile.
-    import secrets
-    import shutil
-
-    from .demo_videos import _exclusive_lock, _remove_stale_leftovers, _sha256
-
-    def complete() -> bool:
-        try:
-            index = json.loads((root / "index.json").read_text())
-        except (OSError, ValueError):
-            return False
-        listed = index.get("files", {})
-        return index.get("params") == params and set(listed) == files and all(
-            (root / rel).is_file() and (root / rel).stat().st_size == meta.get("size")
-            and _sha256(root / rel) == meta.get("sha256") for rel, meta in listed.items())
-
-    if complete():
-        return root
-    root.parent.mkdir(parents=True, exist_ok=True)
-    with _exclusive_lock(root.parent / f".{root.name}.lock"):
-        if complete():
-            return root
-        _remove_stale_leftovers(root)
-        log.info(f"generating {what} in {root}")
-        token = f"{os.getpid()}-{secrets.token_hex(4)}"
-        tmp, stale = root.parent / f".{root.name}.tmp-{token}", root.parent / f".{root.name}.stale-{token}"
-        try:
-            tmp.mkdir()
-            generate(tmp, params)
-            index = {"params": params, "files": {rel: {"size": (tmp / rel).stat().st_size, "sha256": _sha256(tmp / rel)}
-                                                 for rel in sorted(files)}}
-            (tmp / "index.json").write_text(json.dumps(index, indent=2) + "\n")  # last: no index, no trust
-            if root.exists():
-                root.rename(stale)
-            tmp.rename(root)
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
-            shutil.rmtree(stale, ignore_errors=True)
-    return root
+    return ensure_generated(directory, params, two_rooms_files(params), generate, what="two-rooms",
+                            env_var="ARJEPA_TWO_ROOMS_DIR")
 
 
 def load_split(directory: Path, split: str) -> tuple[np.ndarray, np.ndarray]:

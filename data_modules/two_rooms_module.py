@@ -15,8 +15,9 @@ from pathlib import Path
 
 import lightning.pytorch as pl
 import torch
-from torch.utils.data import DataLoader, Dataset, default_collate
+from torch.utils.data import DataLoader, Dataset
 
+from .datamodules import objective_collate_fn
 from .resumable import ResumableDataLoader
 from .samplers import ClipSampler
 from .two_rooms import TwoRooms, TwoRoomsLayout
@@ -118,8 +119,6 @@ class TwoRoomsDataModule(pl.LightningDataModule):
         self.seed, self.batch_size, self.num_workers = seed, batch_size, num_workers
         self.mean, self.std = tuple(mean), tuple(std)
         self.pin_memory, self.persistent_workers = pin_memory, persistent_workers
-        # Read when the loaders are built, so an objective may set its own (none of ours needs one).
-        self.collate_fn = default_collate
         self.train_dataset: TwoRoomsWindows | None = None
         self.val_dataset: TwoRoomsWindows | None = None
         self.world_size, self.rank = 1, 0
@@ -135,9 +134,11 @@ class TwoRoomsDataModule(pl.LightningDataModule):
         if self.trainer is not None:
             self.world_size, self.rank = self.trainer.world_size, self.trainer.global_rank
         directory = self.directory()  # cheap when cached; needed where prepare_data did not run
-        args = dict(num_steps=self.num_steps, layout=self.layout, mean=self.mean, std=self.std)
-        self.train_dataset = TwoRoomsWindows(directory, "train", **args)
-        self.val_dataset = TwoRoomsWindows(directory, "val", **args) if self.params["num_val"] else None
+        def windows(split: str) -> TwoRoomsWindows:
+            return TwoRoomsWindows(directory, split, self.num_steps, self.layout, self.mean, self.std)
+
+        self.train_dataset = windows("train")
+        self.val_dataset = windows("val") if self.params["num_val"] else None
         per_rank = len(self.train_dataset) // self.world_size
         if per_rank < self.batch_size:
             raise ValueError(f"{per_rank} training windows per device, fewer than batch_size {self.batch_size}: "
@@ -148,7 +149,8 @@ class TwoRoomsDataModule(pl.LightningDataModule):
     def _loader(self, dataset: Dataset, sampler: ClipSampler, loader_class=DataLoader, drop_last: bool = False):
         workers = self.num_workers > 0
         return loader_class(dataset, batch_size=self.batch_size, sampler=sampler, drop_last=drop_last,
-                            num_workers=self.num_workers, collate_fn=self.collate_fn, pin_memory=self.pin_memory,
+                            num_workers=self.num_workers, collate_fn=objective_collate_fn(self.trainer),
+                            pin_memory=self.pin_memory,
                             persistent_workers=self.persistent_workers and workers,
                             multiprocessing_context="fork" if workers and sys.platform.startswith("linux") else None)
 

@@ -12,6 +12,7 @@ import yaml
 
 from arjepa_pl.evaluation.compare import Run
 from arjepa_pl.planning.benchmark import benchmark_markdown, result_row, write_benchmark_report
+
 REPO = Path(__file__).resolve().parents[1]
 
 

@@ -9,8 +9,8 @@ import torch
 
 from arjepa_pl.cli import main as cli_main
 from arjepa_pl.planning import CEM, MPC, MPPI, Episodes, SimulatorWorldModel, colored_noise
-from arjepa_pl.planning.plan import plan_arguments
 from arjepa_pl.planning.optimizers import project, shift_plan
+from arjepa_pl.planning.plan import plan_arguments
 from arjepa_pl.planning.world_models import step_weights
 from data_modules import TwoRooms, TwoRoomsLayout
 

@@ -7,7 +7,7 @@ import torch
 
 from arjepa_pl.models import VisionTransformer
 from arjepa_pl.models.action_predictor import ActionConditionedPredictor
-from arjepa_pl.objectives import ACARVideo, ACJEPA
+from arjepa_pl.objectives import ACJEPA, ACARVideo
 from data_modules import TwoRooms, TwoRoomsLayout
 from data_modules.two_rooms_data import random_walk_actions, simulate
 
@@ -158,7 +158,6 @@ def test_bad_configurations_are_clear_errors():
 
 
 def test_acjepa_on_a_frozen_pretrained_encoder(tmp_path):
-    from arjepa_pl.interop import export_feature_extractor  # noqa: F401  (the export format's writer)
     from arjepa_pl.interop import save_feature_extractor
     from arjepa_pl.models import FeatureExtractor
 

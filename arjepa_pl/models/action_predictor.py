@@ -17,7 +17,7 @@ from typing import Optional
 import torch
 from torch import nn
 
-from arjepa_pl.models.ar_video import block_causal_mask
+from arjepa_pl.models.next_step import block_causal_mask
 from arjepa_pl.models.pos_embed import sincos_1d, sincos_pos_embed
 from arjepa_pl.models.vit import Block, KVCache, init_transformer_weights
 
@@ -53,7 +53,7 @@ class ActionConditionedPredictor(nn.Module):
         self.proj = nn.Linear(embed_dim, out_dim)
         init_transformer_weights(self, self.blocks)
         nn.init.trunc_normal_(self.action_type, std=0.02)
-        self._tables: dict[tuple, torch.Tensor] = {}
+        self._tables: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
 
     def _positions(self, start: int, steps: int, device: torch.device,
                    dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
@@ -65,7 +65,8 @@ class ActionConditionedPredictor(nn.Module):
             length = max(start + steps, 2 * (0 if cached is None else cached[1].size(0)), 16)
             frames = sincos_pos_embed((length, *self.grid), self.embed_dim).view(length, self.tokens_per_frame, -1)
             actions = sincos_1d(self.embed_dim, torch.arange(length)).float()
-            self._tables[key] = cached = (frames.to(device, dtype), actions.to(device, dtype))
+            cached = (frames.to(device, dtype), actions.to(device, dtype))
+            self._tables[key] = cached
         return cached[0][start:start + steps], cached[1][start:start + steps]
 
     def forward(self, frames: torch.Tensor, actions: torch.Tensor, caches: Optional[list[KVCache]] = None,

@@ -34,7 +34,7 @@ class ACARVideo(ActionConditionedObjective):
         residual: predict the change from the current frame instead of the next frame itself.
         planning_cost: how planners compare a predicted frame with the goal frame: "pixels" (mean
             squared error) or "latent" (mean L1 of this model's LayerNorm'ed encoder tokens).
-        optim_args: optimiser, schedules and parallelism, see PretrainObjective.
+        optim_args: the optimiser, its schedules and parallelism: see arjepa_pl.optim.ScheduledModule.
     """
 
     predicts_pixels = True

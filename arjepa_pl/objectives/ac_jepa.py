@@ -23,7 +23,7 @@ from arjepa_pl import schedules
 from arjepa_pl.feature_stats import vicreg_covariance, vicreg_variance
 from arjepa_pl.models import FeatureExtractor, VisionTransformer
 from arjepa_pl.objectives.action_conditioned import ActionConditionedObjective, comparison_media
-from arjepa_pl.objectives.vjepa import JEPA
+from arjepa_pl.objectives.vjepa import ema_update
 
 
 def layer_norm(tokens: torch.Tensor) -> torch.Tensor:
@@ -47,7 +47,7 @@ class ACJEPA(ActionConditionedObjective):
         vicreg_var_coeff / vicreg_cov_coeff: weights of the VICReg variance and covariance terms (0: off),
             computed over frames (each frame's tokens concatenated into one vector).
         vicreg_features: what they regularise: "context" (the encoder's tokens) and/or "predicted".
-        optim_args: optimiser, schedules and parallelism, see PretrainObjective.
+        optim_args: the optimiser, its schedules and parallelism: see arjepa_pl.optim.ScheduledModule.
     """
 
     def __init__(
@@ -74,6 +74,7 @@ class ACJEPA(ActionConditionedObjective):
             from arjepa_pl.interop import load_feature_extractor  # here: interop pulls in checkpoint readers
 
             encoder = load_feature_extractor(encoder_checkpoint).encoder
+        assert encoder is not None
         if not all(0.0 <= m <= 1.0 for m in ema_momentum):
             raise ValueError(f"ema_momentum values must lie in [0, 1], got {ema_momentum}")
         if vicreg_var_coeff < 0 or vicreg_cov_coeff < 0:
@@ -161,15 +162,12 @@ class ACJEPA(ActionConditionedObjective):
     def collapse_features(self, batch: dict) -> dict[str, torch.Tensor]:
         return self.forward_terms(batch)[1]
 
-    # -- EMA target: JEPA's schedule and update (same attribute names) ------------------------------
-    momentum_at = JEPA.momentum_at
-    update_target = JEPA.update_target
-
+    # -- EMA target ---------------------------------------------------------------------------------
     def optimizer_step(self, epoch, batch_idx, optimizer, optimizer_closure=None) -> None:
         super().optimizer_step(epoch, batch_idx, optimizer, optimizer_closure)
         if self.target_encoder is not None:  # once per real optimizer step, as JEPA
             momentum = schedules.linear(self.trainer.global_step, self.total_steps, *self.ema_momentum)
-            self.update_target(momentum)
+            ema_update(self.encoder, self.target_encoder, momentum)
             self.log("train/ema_momentum", momentum, on_step=True, on_epoch=False)
 
     # -- planning interface --------------------------------------------------------------------------

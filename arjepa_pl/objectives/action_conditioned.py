@@ -20,14 +20,14 @@ import numpy as np
 import torch
 from torch import nn
 
-from arjepa_pl.callbacks.media import tile
 from arjepa_pl.models import VisionTransformer
 from arjepa_pl.models.action_predictor import ActionConditionedPredictor
 from arjepa_pl.models.vit import KVCache
-from arjepa_pl.objectives.pretrain import PretrainObjective
+from arjepa_pl.optim import ScheduledModule
+from arjepa_pl.pictures import tile
 
 
-class ActionConditionedObjective(PretrainObjective):
+class ActionConditionedObjective(ScheduledModule):
     """Encoder + block-causal action-conditioned predictor (see the module docstring).
 
     Args:
@@ -38,7 +38,7 @@ class ActionConditionedObjective(PretrainObjective):
         predictor_embed_dim / predictor_depth / predictor_num_heads: the predictor (heads default to the encoder's).
         rollout_steps: steps of the rollout term (0: teacher forcing only).
         rollout_weight: weight of the rollout term in the loss.
-        optim_args: optimiser, schedules and parallelism, see PretrainObjective.
+        optim_args: the optimiser, its schedules and parallelism: see arjepa_pl.optim.ScheduledModule.
     """
 
     predicts_pixels = False  # whether rollout states are frames (AR) rather than latents
@@ -63,6 +63,8 @@ class ActionConditionedObjective(PretrainObjective):
         self.rollout_steps, self.rollout_weight = rollout_steps, rollout_weight
         # The data's normalisation (set from the datamodule in setup), saved with the weights so a
         # planner can feed raw [0, 1] frames to a loaded checkpoint.
+        self.pixel_mean: torch.Tensor
+        self.pixel_std: torch.Tensor
         self.register_buffer("pixel_mean", torch.full((3,), 0.5))
         self.register_buffer("pixel_std", torch.full((3,), 0.5))
 
@@ -75,7 +77,8 @@ class ActionConditionedObjective(PretrainObjective):
 
     # -- data ----------------------------------------------------------------------------------------
     def setup(self, stage: str) -> None:
-        datamodule = self.trainer.datamodule if self._trainer is not None else None
+        # Trainer.datamodule is set by Lightning's DataConnector but not declared on the class.
+        datamodule = self.trainer.datamodule if self._trainer is not None else None  # type: ignore[attr-defined]
         if datamodule is not None and hasattr(datamodule, "mean") and hasattr(datamodule, "std"):
             self.pixel_mean.copy_(torch.tensor(datamodule.mean))
             self.pixel_std.copy_(torch.tensor(datamodule.std))

@@ -2,7 +2,7 @@
 
 For every seed, each world-model objective (ACJEPA, ACARVideo) is trained from its own config on equal
 terms — the same backbone, data, optimiser and steps, checked before anything runs by the comparison
-harness's fairness check (arjepa_pl.compare) — and then plans the same fixed episodes with the same
+harness's fairness check (arjepa_pl.evaluation.compare) — and then plans the same fixed episodes with the same
 planner (`python -m arjepa_pl plan`). Random actions and the oracle (the true simulator as the world
 model) run the same episodes once per seed, as the floor and the ceiling. The results go to the output
 directory: results.csv (one row per run), results.md (success rate and the rest, mean +- std over seeds,
@@ -22,19 +22,30 @@ import os
 import statistics
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Literal, Optional
 
 from jsonargparse import ActionConfigFile, ArgumentParser
 
 from arjepa_pl.checkpoints import find_resume_checkpoint
-from arjepa_pl.evaluation.compare import (OPTIMIZER_KEYS, RUN_SUMMARY, SUMMARY, Pretraining, Run, check_fairness, execute,
-                               is_complete, require_complete, resolved_config)
+from arjepa_pl.evaluation.compare import (
+    OPTIMIZER_KEYS,
+    RUN_SUMMARY,
+    SUMMARY,
+    Pretraining,
+    Run,
+    check_fairness,
+    execute,
+    is_complete,
+    require_complete,
+    resolved_config,
+)
 from arjepa_pl.evaluation.report import fmt, mean_std
 from arjepa_pl.planning.plan import RESULTS, plan_arguments
 
-BASELINES = ("random", "oracle")
-# Besides the encoder, data, steps and optimiser (arjepa_pl.compare.MUST_MATCH), world models must share
+BASELINES: tuple[Literal["random", "oracle"], ...] = ("random", "oracle")
+# Besides the encoder, data, steps and optimiser (arjepa_pl.evaluation.compare.MUST_MATCH), world models must share
 # the predictor, the frames and the training terms to be compared on equal terms.
 WORLD_MODEL_KEYS = tuple(f"model.init_args.{k}" for k in ("image_size", "action_dim", "predictor_embed_dim",
                                                           "predictor_depth", "predictor_num_heads", "rollout_steps",
@@ -45,13 +56,13 @@ def benchmark(
     objectives: list[Pretraining],
     plan_config: str,
     out_dir: str = "runs/plan_benchmark",
-    seeds: list[int] = (0, 1, 2),
+    seeds: Sequence[int] = (0, 1, 2),
     steps: int = 1500,
     optimizer: Optional[dict] = None,
-    pretrain_args: list[str] = (),
-    plan_args: list[str] = (),
-    baselines: list[Literal["random", "oracle"]] = BASELINES,
-    launcher: list[str] = (),
+    pretrain_args: Sequence[str] = (),
+    plan_args: Sequence[str] = (),
+    baselines: Sequence[Literal["random", "oracle"]] = BASELINES,
+    launcher: Sequence[str] = (),
     stage: Literal["all", "pretrain", "plan", "report"] = "all",
     only: Optional[list[str]] = None,
     dry_run: bool = False,
@@ -244,7 +255,8 @@ def write_benchmark_report(rows: list[dict], out: Path, steps: int, wandb_projec
         mode, why = choose_mode(None, connect_timeout=5.0)
         if why:
             print(f"[plan_benchmark] W&B {mode}: {why}")
-        run = wandb.init(project=wandb_project, dir=str(out), id=pinned_run_id(out), resume="allow", mode=mode,
+        run = wandb.init(project=wandb_project, dir=str(out), id=pinned_run_id(out), resume="allow",
+                         mode=mode,  # type: ignore[arg-type]
                          job_type="plan_benchmark", name=f"plan-benchmark-{out.name}", reinit="finish_previous")
         run.log({"plan_benchmark/results": wandb.Table(columns=list(rows[0]), data=[list(r.values()) for r in rows]),
                  "plan_benchmark/plot": wandb.Image(str(out / "results.png")),

@@ -14,9 +14,9 @@ from typing import Optional
 import numpy as np
 from PIL import Image
 
-from arjepa_pl.objectives.ar_writers import rollout_frames, rollout_strip
+from arjepa_pl.pictures import rollout_frames, rollout_strip
 from arjepa_pl.planning.mpc import EpisodeResults, Episodes
-from data_modules.demo_videos import write_mp4
+from arjepa_pl.video_io import write_mp4
 from data_modules.two_rooms import TwoRooms
 
 

@@ -134,8 +134,9 @@ class MPC:
             idx = (~done).nonzero().squeeze(1)
             start = world_model.encode_observation(sim.render(state[idx]), state[idx])
 
-            def cost_fn(actions: torch.Tensor) -> torch.Tensor:
-                return world_model.trajectory_costs(start, goal[idx], actions, self.cost_weighting, self.max_rollouts)
+            def cost_fn(actions: torch.Tensor, start: torch.Tensor = start,
+                        goal: torch.Tensor = goal[idx]) -> torch.Tensor:  # bound now: they change every turn
+                return world_model.trajectory_costs(start, goal, actions, self.cost_weighting, self.max_rollouts)
 
             counter = None
             if count_flops and calls == 0:

@@ -112,7 +112,9 @@ class SamplingPlanner:
         B, H, A = init_mean.shape
         mean = project(init_mean, self.action_bound)
         std = torch.full_like(mean, self.init_std * self.action_bound)
-        best_costs, best_cost, best_actions = [], None, mean
+        best_costs: list[torch.Tensor] = []
+        best_cost: Optional[torch.Tensor] = None
+        best_actions = mean
         for _ in range(self.iterations):
             noise = colored_noise((B, self.num_samples - 1, H, A), self.noise_beta, generator, mean.device)
             samples = project(mean.unsqueeze(1) + std.unsqueeze(1) * noise, self.action_bound)
@@ -134,6 +136,7 @@ class SamplingPlanner:
             std = new_std.clamp_min(self.min_std * self.action_bound)
         # The cheapest sequence scored, not the final mean: with elites on both sides of an obstacle
         # their mean can run straight into it.
+        assert best_cost is not None  # iterations >= 1
         return PlanResult(best_actions, best_cost, torch.stack(best_costs))
 
 

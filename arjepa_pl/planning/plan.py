@@ -28,7 +28,13 @@ from lightning.pytorch.utilities import rank_zero_warn
 from arjepa_pl.planning.media import write_episode_media
 from arjepa_pl.planning.mpc import MPC, EpisodeResults, Episodes
 from arjepa_pl.planning.optimizers import MPPI, SamplingPlanner
-from arjepa_pl.planning.world_models import CostWeighting, ObjectiveWorldModel, SimulatorWorldModel, load_objective
+from arjepa_pl.planning.world_models import (
+    CostWeighting,
+    ObjectiveWorldModel,
+    SimulatorWorldModel,
+    WorldModel,
+    load_objective,
+)
 from data_modules.two_rooms import TwoRooms, TwoRoomsLayout
 
 RESULTS = "results.json"
@@ -110,9 +116,11 @@ def plan(
     if world_model == "random":
         results = mpc.run_random(sim, episodes, seed)
     else:
+        model: WorldModel
         if world_model == "oracle":
             model = SimulatorWorldModel(sim)
         else:
+            assert ckpt_path is not None  # checked above
             objective, checkpoint = load_objective(ckpt_path, dev, weights_only)
             trained_steps = check_layout(checkpoint, layout, ckpt_path)
             if trained_steps is not None and planner.horizon > trained_steps:
@@ -174,7 +182,8 @@ def log_to_wandb(summary: dict, rows: list[dict], media: list[Path], out: Path, 
     if why:
         print(f"[plan] W&B {mode}: {why}")
     config = {k: v for k, v in summary.items() if isinstance(v, (int, float, str, bool, dict))}
-    run = wandb.init(project=project, dir=str(out), id=pinned_run_id(out), resume="allow", mode=mode, job_type="plan",
+    run = wandb.init(project=project, dir=str(out), id=pinned_run_id(out), resume="allow",
+                     mode=mode, job_type="plan",  # type: ignore[arg-type]
                      name=f"plan-{summary['name']}-{out.name}", config=config, reinit="finish_previous")
     logged = {"plan/episodes": wandb.Table(columns=list(rows[0]), data=[list(r.values()) for r in rows]),
               "plan/report": wandb.Html(f"<pre>{text}</pre>")}
