@@ -119,10 +119,16 @@ def test_objectives_train_and_report_their_terms(cls):
     assert media["rollout"].ndim == 3 and media["rollout_video"].shape[0] == T
 
 
-def test_acjepa_exposes_collapse_features_and_vicreg_terms():
-    model = tiny(ACJEPA, vicreg_var_coeff=1.0, vicreg_cov_coeff=0.04)
-    terms = model.terms(batch())
-    assert {"vicreg_var", "vicreg_cov"} <= set(terms)
+def test_acjepa_exposes_collapse_features_and_its_regularisers():
+    model = tiny(ACJEPA, vicreg_var_coeff=1.0, vicreg_cov_coeff=0.04, temporal_coeff=0.5)
+    b = batch()
+    terms = model.terms(b)
+    assert {"vicreg_var", "vicreg_cov", "temporal"} <= set(terms)
+    context = model.context(b["frames"][:, :T])
+    assert torch.allclose(terms["temporal"], (context[:, 1:] - context[:, :-1]).pow(2).mean())
+    expected = (terms["teacher_forced_loss"] + terms["rollout_loss"] + terms["vicreg_var"] + 0.04 * terms["vicreg_cov"]
+                + 0.5 * terms["temporal"])
+    assert torch.allclose(terms["loss"], expected)
     features = model.collapse_features(batch())
     assert set(features) == {"target", "context", "predicted"} and features["target"].shape == (2, T, 4, 16)
 

@@ -47,6 +47,10 @@ class ACJEPA(ActionConditionedObjective):
         vicreg_var_coeff / vicreg_cov_coeff: weights of the VICReg variance and covariance terms (0: off),
             computed over frames (each frame's tokens concatenated into one vector).
         vicreg_features: what they regularise: "context" (the encoder's tokens) and/or "predicted".
+        temporal_coeff: weight of the slowness term, the mean squared change of the encoder's tokens from
+            one frame to the next (eb_jepa's time similarity, after Sobal et al., 2022). With the VICReg
+            variance term holding the spread, it makes states a few actions apart close in latent space
+            and far ones far — the distances a planner's cost reads (0: off).
         optim_args: the optimiser, its schedules and parallelism: see arjepa_pl.optim.ScheduledModule.
     """
 
@@ -65,6 +69,7 @@ class ACJEPA(ActionConditionedObjective):
         vicreg_var_coeff: float = 0.0,
         vicreg_cov_coeff: float = 0.0,
         vicreg_features: Sequence[Literal["context", "predicted"]] = ("context",),
+        temporal_coeff: float = 0.0,
         **optim_args,
     ):
         if (encoder is None) == (encoder_checkpoint is None):
@@ -77,8 +82,9 @@ class ACJEPA(ActionConditionedObjective):
         assert encoder is not None
         if not all(0.0 <= m <= 1.0 for m in ema_momentum):
             raise ValueError(f"ema_momentum values must lie in [0, 1], got {ema_momentum}")
-        if vicreg_var_coeff < 0 or vicreg_cov_coeff < 0:
-            raise ValueError(f"VICReg coefficients must be >= 0, got {vicreg_var_coeff}, {vicreg_cov_coeff}")
+        if min(vicreg_var_coeff, vicreg_cov_coeff, temporal_coeff) < 0:
+            raise ValueError(f"vicreg_var_coeff, vicreg_cov_coeff and temporal_coeff must be >= 0, got "
+                             f"{vicreg_var_coeff}, {vicreg_cov_coeff}, {temporal_coeff}")
         if not set(vicreg_features) <= {"context", "predicted"}:
             raise ValueError(f"vicreg_features must name 'context' and/or 'predicted', got {vicreg_features!r}")
         super().__init__(encoder, encoder.embed_dim, image_size, action_dim, predictor_embed_dim, predictor_depth,
@@ -92,6 +98,7 @@ class ACJEPA(ActionConditionedObjective):
         self.ema_momentum = tuple(ema_momentum)
         self.vicreg_var_coeff, self.vicreg_cov_coeff = vicreg_var_coeff, vicreg_cov_coeff
         self.vicreg_features = tuple(vicreg_features)
+        self.temporal_coeff = temporal_coeff
 
     @property
     def teacher_encoder(self) -> VisionTransformer:
@@ -148,6 +155,9 @@ class ACJEPA(ActionConditionedObjective):
                 # from frame to frame, which it can only do by encoding what changes (the agent).
                 terms[name] = torch.stack([fn(features[f].flatten(-2)) for f in self.vicreg_features]).mean()
                 loss = loss + coeff * terms[name]
+        if self.temporal_coeff > 0 and T > 1:
+            terms["temporal"] = (context[:, 1:] - context[:, :-1]).pow(2).mean()
+            loss = loss + self.temporal_coeff * terms["temporal"]
         terms["loss"] = loss
         return terms, features
 
