@@ -8,9 +8,10 @@ import pytest
 import torch
 
 from arjepa_pl.cli import main as cli_main
+from arjepa_pl.errors import ConfigError
 from arjepa_pl.planning import CEM, MPC, MPPI, Episodes, SimulatorWorldModel, colored_noise
 from arjepa_pl.planning.optimizers import project, shift_plan
-from arjepa_pl.planning.plan import plan_arguments
+from arjepa_pl.planning.plan import check_layout, plan_arguments
 from arjepa_pl.planning.world_models import step_weights
 from data_modules import TwoRooms, TwoRoomsLayout
 
@@ -130,10 +131,22 @@ def test_plan_oracle_and_random_through_the_cli_write_reports_and_media(tmp_path
     assert "[plan] random:" in capsys.readouterr().out
 
 
-def test_plan_refuses_a_checkpoint_with_baselines_and_a_mistyped_key(tmp_path, capsys):
-    with pytest.raises(ValueError, match="ckpt_path"):
-        cli_main(["plan", "--config", str(REPO / "configs/plan_tworooms.yaml"), "--world_model", "oracle",
-                  "--ckpt_path", "x.ckpt", "--out_dir", str(tmp_path)])
-    with pytest.raises(SystemExit):
-        cli_main(["plan", "--config", str(REPO / "configs/plan_tworooms.yaml"), "--num_episodez", "3"])
-    assert "num_episodez" in capsys.readouterr().err
+def test_plan_mistakes_are_short_messages_naming_the_key(tmp_path, capsys):
+    config = str(REPO / "configs/plan_tworooms.yaml")
+    for args, key in ((["--world_model", "oracle", "--ckpt_path", "x.ckpt"], "ckpt_path = 'x.ckpt'"),
+                      (["--ckpt_path", str(tmp_path / "missing.ckpt")], "no checkpoint file there"),
+                      (["--num_episodez", "3"], "num_episodez")):
+        with pytest.raises(SystemExit) as stopped:
+            cli_main(["plan", "--config", config, "--out_dir", str(tmp_path), *args])
+        assert stopped.value.code == 2 and key in capsys.readouterr().err, args
+    assert not (tmp_path / "results.json").exists()
+
+
+def test_a_checkpoint_trained_in_another_layout_is_refused():
+    other = {**TwoRoomsLayout().as_dict(), "max_step": 0.1}
+    trained = {"datamodule_hyper_parameters": {"layout": other, "num_steps": 8}}
+    with pytest.raises(ConfigError, match="layout.max_step") as error:
+        check_layout(trained, TwoRoomsLayout(), "wm.ckpt")
+    assert "0.1" in str(error.value)
+    assert check_layout({**trained, "datamodule_hyper_parameters": {"layout": TwoRoomsLayout().as_dict(),
+                                                                   "num_steps": 8}}, TwoRoomsLayout(), "wm.ckpt") == 8

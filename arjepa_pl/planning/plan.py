@@ -25,6 +25,7 @@ import torch
 from jsonargparse import ActionConfigFile, ArgumentParser
 from lightning.pytorch.utilities import rank_zero_warn
 
+from arjepa_pl.errors import ConfigError
 from arjepa_pl.planning.media import write_episode_media
 from arjepa_pl.planning.mpc import MPC, EpisodeResults, Episodes
 from arjepa_pl.planning.optimizers import MPPI, SamplingPlanner
@@ -55,8 +56,10 @@ def check_layout(checkpoint: dict, layout: TwoRoomsLayout, ckpt_path: str) -> Op
         wanted = layout.as_dict()
         differ = {k: (trained.get(k), v) for k, v in wanted.items() if trained.get(k) != v}
         if differ:
-            what = ", ".join(f"{k}: trained {a!r}, planning {b!r}" for k, (a, b) in sorted(differ.items()))
-            raise ValueError(f"{ckpt_path} was trained in another two-rooms layout ({what}); set layout.* to match")
+            key, (trained_value, value) = sorted(differ.items())[0]
+            others = ", ".join(f"{k}: trained {a!r}" for k, (a, _) in sorted(differ.items())[1:])
+            raise ConfigError(f"layout.{key}", value, f"{ckpt_path} was trained with {trained_value!r}: plan in the "
+                              "layout a world model was trained in" + (f" (also {others})" if others else ""))
     return data.get("num_steps")
 
 
@@ -105,8 +108,8 @@ def plan(
         weights_only: torch.load's (false only for trusted checkpoints holding other pickled objects).
     """
     if (ckpt_path is not None) != (world_model == "checkpoint"):
-        raise ValueError(f"ckpt_path is needed with world_model: checkpoint and only then (world_model: {world_model}, "
-                         f"ckpt_path: {ckpt_path})")
+        raise ConfigError("ckpt_path", ckpt_path, f"a checkpoint is planned with when world_model is 'checkpoint', and "
+                          f"only then (world_model: {world_model})")
     planner = planner or MPPI()
     dev = pick_device(device)
     sim = TwoRooms(layout)

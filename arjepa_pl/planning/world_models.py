@@ -160,14 +160,16 @@ def load_objective(ckpt_path, device: torch.device | str = "cpu", weights_only: 
 
     from lightning.pytorch.cli import instantiate_class
 
+    from arjepa_pl.errors import ConfigError
+
     path = Path(ckpt_path)
     if not path.is_file():
-        raise FileNotFoundError(f"no checkpoint file at {path}")
+        raise ConfigError("ckpt_path", str(path), "no checkpoint file there")
     checkpoint = torch.load(path, map_location="cpu", weights_only=weights_only)
     entry = checkpoint.get("world_model") if isinstance(checkpoint, dict) else None
     if entry is None:
-        raise ValueError(f"{path} is not a world-model checkpoint (no 'world_model' entry: train one with "
-                         "configs/ac_jepa.yaml or configs/ac_ar.yaml)")
+        raise ConfigError("ckpt_path", str(path), "not a world-model checkpoint (no 'world_model' entry): train one "
+                          "with configs/ac_jepa.yaml or configs/ac_ar.yaml")
     module_name, _, class_name = entry["objective"].rpartition(".")
     cls = getattr(importlib.import_module(module_name), class_name)
     hparams = {k: v for k, v in checkpoint["hyper_parameters"].items() if not k.startswith("_")}
