@@ -31,6 +31,7 @@ from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
 from lightning.pytorch.loggers import WandbLogger
 
 from arjepa_pl import config_errors, signals, validation
+from arjepa_pl.callbacks.defaults import add_run_callbacks
 from arjepa_pl.callbacks.nonfinite import ensure_nonfinite_guard
 from arjepa_pl.checkpoints import (
     CheckpointLoadError,
@@ -84,6 +85,10 @@ class ArJepaCLI(LightningCLI):
             **kwargs,
         )
 
+    def _instantiate_trainer(self, config: dict, callbacks: list) -> L.Trainer:
+        # Every run's progress bar, model summary, final validation and end-of-fit summary, unless configured.
+        return super()._instantiate_trainer(config, add_run_callbacks(config, callbacks))
+
     # -- a mistake is a short message naming its key (arjepa_pl.config_errors) ------------------------
     def parse_arguments(self, parser, args) -> None:
         try:
@@ -109,6 +114,8 @@ class ArJepaCLI(LightningCLI):
             super().instantiate_classes()
         except Exception as e:
             error = config_errors.from_constructor_error(e, self._config(), L.Trainer)
+            if error is None and "Union subtypes" in str(e):
+                error = config_errors.from_list_item_error(self._config(), L.Trainer)
             if error is None:
                 raise
             raise error from e
@@ -164,6 +171,7 @@ EXTRA_COMMANDS = {
                "write a checkpoint's encoder as a plain state dict with its rebuild config"),
     "plan": ("arjepa_pl.planning.plan", "plan in two rooms with a world model (or the oracle, or random actions)"),
     "plan_benchmark": ("arjepa_pl.planning.benchmark", "train world models on equal terms, plan with each, tabulate"),
+    "summary": ("arjepa_pl.summary", "a run's key numbers from its metrics.csv, and a picture of its curves"),
 }
 
 

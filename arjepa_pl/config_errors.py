@@ -306,3 +306,24 @@ def from_constructor_error(exc: BaseException, config: Namespace, trainer_class:
         key, _, value = next((leaf for leaf in matches if str(leaf[2]) in why), matches[0])
         return ConfigError(key, value, why)
     return ConfigError(path.removesuffix(".init_args"), _UNSET, why)
+
+
+def from_list_item_error(config: Namespace, trainer_class: type) -> Optional[ConfigError]:
+    """The ConfigError of the item of a Trainer list (loggers, callbacks) whose constructor failed.
+
+    jsonargparse reports a failing item of a list of classes as "does not validate against any of the
+    Union subtypes", without the constructor's error; building each item alone finds it again."""
+    for path, node in _nodes(config, ""):
+        if not path.startswith(("trainer.logger[", "trainer.callbacks[")) or "class_path" not in node:
+            continue
+        cls = import_class(node.class_path)
+        if cls is None:
+            continue
+        try:
+            cls(**vars(node.get("init_args") or Namespace()))
+        except CONSTRUCTOR_VALUE_ERRORS as e:
+            e.__context__ = None  # raised while the union error is handled: that one is not its cause
+            return from_constructor_error(e, config, trainer_class)
+        except Exception:  # noqa: BLE001 — an item the parser would build differently (nested classes): not this one
+            continue
+    return None

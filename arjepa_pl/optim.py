@@ -6,7 +6,7 @@ import inspect
 import math
 import warnings
 from dataclasses import asdict, is_dataclass
-from typing import Optional
+from typing import Literal, Optional
 
 import lightning.pytorch as L
 import torch
@@ -63,7 +63,9 @@ class ScheduledModule(L.LightningModule):
     one is an error). This is their only documentation.
 
     Args:
-        lr / start_lr / final_lr / warmup_steps: linear warm-up start_lr -> lr, then cosine to final_lr.
+        lr / start_lr / final_lr / warmup_steps: linear warm-up start_lr -> lr, then cosine to final_lr
+            (lr_schedule "warmup_cosine"), or lr held and a linear cooldown to final_lr over the last
+            cooldown_steps of total_steps (lr_schedule "warmup_constant_cooldown", V-JEPA 2).
         weight_decay / final_weight_decay: cosine weight-decay schedule (biases and norms: none).
         betas / eps: AdamW's.
         total_steps: length of the schedules; default: what the trainer will run.
@@ -84,12 +86,19 @@ class ScheduledModule(L.LightningModule):
         total_steps: Optional[int] = None,
         activation_checkpointing: bool = False,
         compile: bool = False,
+        lr_schedule: Literal["warmup_cosine", "warmup_constant_cooldown"] = "warmup_cosine",
+        cooldown_steps: int = 0,
     ):
         super().__init__()
         check_optimiser(lr=lr, start_lr=start_lr, final_lr=final_lr, weight_decay=weight_decay,
                         final_weight_decay=final_weight_decay, betas=betas, eps=eps)
         if warmup_steps < 0:
             raise ConfigError("warmup_steps", warmup_steps, "must be >= 0")
+        if lr_schedule not in ("warmup_cosine", "warmup_constant_cooldown"):
+            raise ConfigError("lr_schedule", lr_schedule, "must be 'warmup_cosine' or 'warmup_constant_cooldown'")
+        if cooldown_steps < 0 or (cooldown_steps and lr_schedule != "warmup_constant_cooldown"):
+            raise ConfigError("cooldown_steps", cooldown_steps,
+                              "must be >= 0, and is used only by lr_schedule 'warmup_constant_cooldown'")
         if total_steps is not None and total_steps < 1:
             raise ConfigError("total_steps", total_steps, "must be >= 1 (or null: what the trainer will run)")
         self.lr, self.start_lr, self.final_lr, self.warmup_steps = lr, start_lr, final_lr, warmup_steps
@@ -98,6 +107,7 @@ class ScheduledModule(L.LightningModule):
         self.betas, self.eps = (beta1, beta2), eps
         self._total_steps = total_steps
         self.activation_checkpointing, self.compile_blocks = activation_checkpointing, compile
+        self.lr_schedule, self.cooldown_steps = lr_schedule, cooldown_steps
         self._parallelized = False
         if total_steps is not None:
             self.check_schedule_length(total_steps, "total_steps")
@@ -105,10 +115,11 @@ class ScheduledModule(L.LightningModule):
     def check_schedule_length(self, total_steps: int, source: str) -> None:
         """The warm-up must fit in the schedules' length (`source` names where that length comes from:
         total_steps here, trainer.max_steps in the CLI's pre-flight checks)."""
-        if self.warmup_steps > total_steps:
+        if self.warmup_steps + self.cooldown_steps > total_steps:
+            cooldown = f" plus the {self.cooldown_steps} cooldown steps" if self.cooldown_steps else ""
             raise ConfigError("warmup_steps", self.warmup_steps,
-                              f"the warm-up is longer than the run ({source} = {total_steps}): "
-                              f"use at most {total_steps} warm-up steps")
+                              f"the warm-up{cooldown} is longer than the run ({source} = {total_steps}): "
+                              f"use at most {total_steps - self.cooldown_steps} warm-up steps")
 
     def save_init_args(self) -> None:
         """save_hyperparameters() for the calling __init__, made checkpoint-safe.
@@ -179,6 +190,9 @@ class ScheduledModule(L.LightningModule):
         return int(steps)
 
     def lr_at(self, step: int) -> float:
+        if self.lr_schedule == "warmup_constant_cooldown":
+            return schedules.warmup_constant_cooldown(step, self.warmup_steps, self.cooldown_steps, self.total_steps,
+                                                      self.start_lr, self.lr, self.final_lr)
         return schedules.warmup_cosine(step, self.warmup_steps, self.total_steps, self.start_lr, self.lr, self.final_lr)
 
     def weight_decay_at(self, step: int) -> float:

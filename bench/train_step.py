@@ -5,10 +5,12 @@ next tubelet's pixels, AdamW) on the same clips.
 Bench config (issue #2): 16 frames of 64x64, patch 8, tubelet 2 (8x8x8 = 512 tokens), encoder
 192 d x 6 layers x 3 heads, predictor 96 d x 3 layers, batch 8, the two default mask configurations,
 fp32. Masks are drawn by the collator the DataLoader workers use, outside the timed region (workers
-overlap it with the step). The reference implementation runs this at ~1.8 steps/s on a 2-core CPU.
+overlap it with the step). V-JEPA's public implementation runs this at ~1.8 steps/s on a 2-core CPU.
 
     python bench/train_step.py [--steps 20] [--warmup 3] [--threads N] [--device cpu|cuda] [--compile]
-                               [--objectives vjepa ar_video]
+                               [--objectives vjepa ar_video] [--positions sincos rope_vjepa2]
+
+--positions times the V-JEPA step once per position scheme (sin-cos tables; V-JEPA 2's rotary ones).
 
 --compile also times the same step with every transformer block torch.compile'd (as the objective's
 `compile: true` does), after a longer warm-up that absorbs the compilation.
@@ -73,7 +75,13 @@ def time_steps(step: Callable[[dict, int], float], batches: list[dict], warmup: 
 
 
 def bench_vjepa(args) -> None:
-    encoder = VisionTransformer(embed_dim=192, depth=6, num_heads=3, patch_size=8, tubelet_size=2)
+    for positions in args.positions:
+        torch.manual_seed(0)
+        bench_vjepa_positions(args, positions)
+
+
+def bench_vjepa_positions(args, positions: str) -> None:
+    encoder = VisionTransformer(embed_dim=192, depth=6, num_heads=3, patch_size=8, tubelet_size=2, positions=positions)
     model = VJEPA(encoder, predictor_embed_dim=96, predictor_depth=3, predictor_num_heads=3,
                   total_steps=1000).to(args.device)
     batches = bench_batches(args.warmup + args.steps, batch=8, frames=16, size=64, patch=8, tubelet=2,
@@ -81,8 +89,8 @@ def bench_vjepa(args) -> None:
     rate, loss = time_steps(make_step(model, model.configure_optimizers()), batches, args.warmup)
     ctx = [m["context"].shape[1] for m in batches[-1]["masks"]]
     tgt = [m["target"].shape[1] for m in batches[-1]["masks"]]
-    print(f"vjepa train step  device={args.device} threads={torch.get_num_threads()} fp32 batch=8 tokens=512 "
-          f"context={ctx} target={tgt}")
+    print(f"vjepa train step  positions={positions} device={args.device} threads={torch.get_num_threads()} fp32 "
+          f"batch=8 tokens=512 context={ctx} target={tgt}")
     print(f"  {rate:.2f} steps/s  {rate * 8:.1f} clips/s  {1000 / rate:.0f} ms/step  (last loss {loss:.4f})")
     if args.compile:
         model = copy.deepcopy(model)  # the same networks (their weights do not matter for speed)
@@ -125,6 +133,8 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--compile", action="store_true", help="also time the V-JEPA step with compiled blocks")
     parser.add_argument("--objectives", nargs="+", choices=["vjepa", "ar_video"], default=["vjepa", "ar_video"])
+    parser.add_argument("--positions", nargs="+", choices=["sincos", "rope", "rope_vjepa2"], default=["sincos"],
+                        help="V-JEPA: time the step with each position scheme")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -18,7 +18,8 @@ PRESETS = sorted((REPO / "configs" / "trainer").glob("*.yaml"))
 CONFIGS = sorted(set((REPO / "configs").rglob("*.yaml")) - set(PRESETS) - set((REPO / "configs").glob("compare*.yaml"))
                  - set((REPO / "configs").glob("plan*.yaml")))
 # Configs whose models are too big to build for real in a test: instantiated on the meta device.
-LARGE = {"vjepa_vitl16.yaml"}
+LARGE = {"vjepa_vitl16.yaml", "vjepa2_vitl16.yaml", "vjepa2_vitl16_cooldown.yaml", "vjepa2_vitg16.yaml",
+         "vjepa2_vitg16_cooldown.yaml", "vjepa2_probe_vitl16.yaml"}
 # Configs written for GPU clusters: their hardware keys are swapped for one CPU process here.
 ON_CPU = ["--trainer.accelerator", "cpu", "--trainer.devices", "1", "--trainer.num_nodes", "1", "--trainer.strategy", "auto",
           "--trainer.precision", "32-true"]
@@ -124,10 +125,12 @@ def _logged(run_dir: Path, key: str) -> list[float]:
 @pytest.mark.slow
 def test_short_fit_on_demo_data_lowers_the_loss_and_checkpoints(tmp_path, demo_manifests):
     run_dir = tmp_path / "run"
-    # A CSV logger instead of the config's W&B one (tests/test_wandb.py reads W&B's files): metrics.csv is simple to read.
+    # Lightning's CSV logger alone instead of the config's CSV + W&B pair (tests/test_wandb.py reads W&B's files): no
+    # W&B start-up. A logger given on the command line starts from its own defaults: save_dir is the run's.
     # `--trainer.callbacks.every_n_steps` sets the last callback's: the collapse monitor measures every 5 steps.
     cli = ArJepaCLI(args=["fit", "--config", str(REPO / "configs/vjepa.yaml"), "--trainer.default_root_dir", str(run_dir),
                           "--trainer.logger", "lightning.pytorch.loggers.CSVLogger", "--trainer.logger.init_args.name", "logs",
+                          "--trainer.logger.init_args.save_dir", str(run_dir),
                           "--trainer.max_steps", "40", "--trainer.val_check_interval", "20", "--trainer.log_every_n_steps", "1",
                           "--trainer.limit_val_batches", "2", "--trainer.enable_progress_bar", "false",
                           "--data.train_manifest", str(demo_manifests.train), "--data.val_manifest", str(demo_manifests.val),

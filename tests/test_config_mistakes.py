@@ -62,7 +62,7 @@ CASES = [
     case("probe_task", ["--config", "{tmp}/tasks.yaml"], "trainer.callbacks[0].init_args.tasks[0].num_classes", "1",
          files={"tasks.yaml": ONLINE_PROBE.format(tasks="[{name: shape, num_classes: 1}]")}),
     case("wandb", ["--trainer.logger.init_args.offline", "true", "--trainer.logger.init_args.log_model", "true"],
-         "trainer.logger.init_args.log_model", "True"),
+         "trainer.logger[1].init_args.log_model", "True"),  # the config's second logger: W&B
     # types and choices refused by the parser
     case("max_steps_type", ["--trainer.max_steps", "abc"], "trainer.max_steps", "abc"),
     case("loss_choice", ["--model.init_args.loss", "l3"], "model.init_args.loss", "l3"),

@@ -57,7 +57,7 @@ def test_preset_parameter_counts(preset, millions):
 
 
 def test_vitl_matches_official_layout():
-    # REFERENCE §7: 293 tensors with the fixed position table, which we compute instead of storing.
+    # Official V-JEPA ViT-L encoders: 293 tensors with the fixed position table, which we compute instead of storing.
     with torch.device("meta"):
         sd = VisionTransformer("large").state_dict()
     assert len(sd) == 292

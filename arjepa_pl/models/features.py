@@ -74,13 +74,14 @@ class FeatureExtractor(nn.Module):
         if self.tokenizer is not None:
             x = tokenize_clip(self.tokenizer, x, enc.tubelet_size, enc.patch_size)[1]
         tokens = enc.embed(x)
+        rope = enc.rope_tables(enc.token_grid(x.shape), device=tokens.device)
         mask = None
         if self.block_causal:
             T, H, W = enc.token_grid(x.shape)
             mask = block_causal_mask(T, H * W, self.prefix_steps, tokens.device)
         outputs = {}
         for i, block in enumerate(enc.blocks[:max(wanted) + 1]):  # later blocks are not needed
-            tokens = block(tokens, mask)
+            tokens = block(tokens, mask, None, rope)
             if i in wanted:
                 outputs[i] = enc.norm(tokens)
         return [outputs[i] for i in wanted]

@@ -51,4 +51,5 @@ def next_step_outputs(encoder: VisionTransformer, head: nn.Module, video: torch.
     mask = block_causal_mask(T, H * W, prefix_steps, tokens.device)[start:]
     # Nothing hidden (e.g. one new step after the cache): no mask, so the unmasked kernels run.
     attn_mask = None if mask.all() else mask
-    return head(encoder.forward_tokens(tokens[:, start:], attn_mask, caches))
+    new = torch.arange(start, tokens.size(1), device=tokens.device)
+    return head(encoder.forward_tokens(tokens[:, start:], attn_mask, caches, encoder.rope_tables((T, H, W), new)))
