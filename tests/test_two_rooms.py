@@ -76,6 +76,17 @@ def test_rendering_shows_the_agent_where_it_is_and_the_goal_ring_only_when_asked
     assert frames.shape == (2, 3, S, S) and frames.min() >= 0 and frames.max() <= 1
 
 
+def test_the_glow_makes_pixel_error_fall_as_the_agent_nears_the_goal():
+    glowing = TwoRooms(TwoRoomsLayout(glow_radius=0.25))
+    goal = glowing.render(torch.tensor([[0.8, 0.5]]))
+    path = torch.stack([torch.linspace(0.1, 0.8, 8), torch.full((8,), 0.5)], dim=-1)  # through the door
+    error = (glowing.render(path) - goal).pow(2).mean(dim=(-3, -2, -1))
+    assert (error.diff() < 0).all(), error
+    plain = (SIM.render(path) - SIM.render(torch.tensor([[0.8, 0.5]]))).pow(2).mean(dim=(-3, -2, -1))
+    assert torch.allclose(plain[:4], plain[0].expand(4), rtol=0.05)  # without: flat beyond the disc
+    assert torch.equal(TwoRooms(TwoRoomsLayout(glow_radius=0.0)).render(path), SIM.render(path))
+
+
 def test_generation_is_deterministic_and_the_set_is_versioned(tmp_path):
     params = two_rooms_params(LAYOUT, num_train=20, num_val=4, trajectory_length=6, seed=3, policy={})
     a, b = tmp_path / "a", tmp_path / "b"
