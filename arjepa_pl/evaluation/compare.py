@@ -97,11 +97,12 @@ def resolved_config(args: list[str]) -> Namespace:
     raise RuntimeError("unreachable: the CLI instantiated its classes")
 
 
-def check_fairness(configs: dict[str, Namespace]) -> None:
-    """Error listing every MUST_MATCH key and optimiser setting that differs between objectives."""
+def check_fairness(configs: dict[str, Namespace], extra_keys: tuple[str, ...] = ()) -> None:
+    """Error listing every MUST_MATCH key, optimiser setting and `extra_keys` entry (dotted config keys a
+    caller also needs equal) that differs between objectives."""
     names = list(configs)
     problems = []
-    keys = list(MUST_MATCH) + [f"model.init_args.{k}" for k in OPTIMIZER_KEYS]
+    keys = list(MUST_MATCH) + [f"model.init_args.{k}" for k in OPTIMIZER_KEYS] + list(extra_keys)
     for key in keys:
         values = {name: plain(configs[name].get(key)) for name in names}  # jsonargparse reads dotted keys
         if any(v != values[names[0]] for v in values.values()):
