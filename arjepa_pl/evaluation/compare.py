@@ -145,6 +145,33 @@ def execute(command: list[str], log_path: Path, record: Path, dry_run: bool) -> 
         raise RuntimeError(f"command failed (exit {code}): {line}\n--- end of {log_path} ---\n{tail}")
 
 
+def check_run_arguments(command: str, objectives: Sequence[Pretraining], reserved: Sequence[str],
+                        seeds: Sequence[int], steps: int, optimizer: Optional[dict], evaluation_config: str) -> None:
+    """What compare and plan_benchmark refuse before running anything: no objective, names that clash
+    (with each other, with a baseline's `reserved` name, or holding '/', the run separator), seeds not
+    distinct, no steps, an optimiser key the fairness check does not cover, a config that is not there."""
+    if not objectives:
+        raise ValueError(f"{command} needs at least one objective")
+    names = [o.name for o in objectives]
+    if len(set(names)) != len(names) or set(names) & set(reserved) or any("/" in n for n in names):
+        raise ValueError(f"objective names must be distinct, without '/', and not {list(reserved)}: {names}")
+    if not seeds or len(set(seeds)) != len(seeds):
+        raise ValueError(f"seeds must be distinct and at least one, got {list(seeds)}")
+    if steps < 1:
+        raise ValueError(f"steps must be >= 1, got {steps}")
+    unknown = set(optimizer or {}) - set(OPTIMIZER_KEYS)
+    if unknown:
+        raise ValueError(f"unknown optimizer keys {sorted(unknown)}; use {', '.join(OPTIMIZER_KEYS)}")
+    for path in [evaluation_config] + [o.config for o in objectives]:
+        if not Path(path).is_file():
+            raise FileNotFoundError(f"config not found: {path} (paths are relative to {os.getcwd()})")
+
+
+def with_seed(args: Sequence[str], seed: int) -> list[str]:
+    """Command-line arguments with every `{seed}` replaced by the run's seed."""
+    return [a.replace("{seed}", str(seed)) for a in args]
+
+
 def compare(
     objectives: list[Pretraining],
     probe_config: str,
@@ -181,25 +208,9 @@ def compare(
         dry_run: print the commands and check the configs; run nothing.
         wandb_project: W&B project of the results run (null: no W&B).
     """
-    if not objectives:
-        raise ValueError("compare needs at least one objective")
+    check_run_arguments("compare", objectives, ("random_init",), seeds, steps, optimizer, probe_config)
     names = [o.name for o in objectives]
-    if len(set(names)) != len(names) or "random_init" in names or any("/" in n for n in names):
-        raise ValueError(f"objective names must be distinct, without '/', and not 'random_init': {names}")
-    if not seeds or len(set(seeds)) != len(seeds):
-        raise ValueError(f"seeds must be distinct and at least one, got {list(seeds)}")
-    if steps < 1:
-        raise ValueError(f"steps must be >= 1, got {steps}")
-    unknown = set(optimizer or {}) - set(OPTIMIZER_KEYS)
-    if unknown:
-        raise ValueError(f"unknown optimizer keys {sorted(unknown)}; use {', '.join(OPTIMIZER_KEYS)}")
-    for path in [probe_config] + [o.config for o in objectives]:
-        if not Path(path).is_file():
-            raise FileNotFoundError(f"config not found: {path} (paths are relative to {os.getcwd()})")
     out = Path(out_dir)
-
-    def with_seed(args, seed):
-        return [a.replace("{seed}", str(seed)) for a in args]
 
     optimizer_args = [f"--model.init_args.{k}={json.dumps(v)}" for k, v in (optimizer or {}).items()]
 

@@ -18,7 +18,6 @@ from __future__ import annotations
 import csv
 import inspect
 import json
-import os
 import statistics
 import sys
 import time
@@ -30,16 +29,17 @@ from jsonargparse import ActionConfigFile, ArgumentParser
 
 from arjepa_pl.checkpoints import find_resume_checkpoint
 from arjepa_pl.evaluation.compare import (
-    OPTIMIZER_KEYS,
     RUN_SUMMARY,
     SUMMARY,
     Pretraining,
     Run,
     check_fairness,
+    check_run_arguments,
     execute,
     is_complete,
     require_complete,
     resolved_config,
+    with_seed,
 )
 from arjepa_pl.evaluation.report import fmt, mean_std
 from arjepa_pl.planning.plan import RESULTS, plan_arguments
@@ -89,27 +89,10 @@ def benchmark(
         dry_run: print the commands and check the configs; run nothing.
         wandb_project: W&B project of the results run (null: no W&B).
     """
-    if not objectives:
-        raise ValueError("plan_benchmark needs at least one objective")
-    names = [o.name for o in objectives]
-    if len(set(names)) != len(names) or set(names) & set(BASELINES) or any("/" in n for n in names):
-        raise ValueError(f"objective names must be distinct, without '/', and not {BASELINES}: {names}")
-    if not seeds or len(set(seeds)) != len(seeds):
-        raise ValueError(f"seeds must be distinct and at least one, got {list(seeds)}")
-    if steps < 1:
-        raise ValueError(f"steps must be >= 1, got {steps}")
+    check_run_arguments("plan_benchmark", objectives, BASELINES, seeds, steps, optimizer, plan_config)
     if set(baselines) - set(BASELINES):
         raise ValueError(f"baselines must be among {BASELINES}, got {list(baselines)}")
-    unknown = set(optimizer or {}) - set(OPTIMIZER_KEYS)
-    if unknown:
-        raise ValueError(f"unknown optimizer keys {sorted(unknown)}; use {', '.join(OPTIMIZER_KEYS)}")
-    for path in [plan_config] + [o.config for o in objectives]:
-        if not Path(path).is_file():
-            raise FileNotFoundError(f"config not found: {path} (paths are relative to {os.getcwd()})")
     out = Path(out_dir)
-
-    def with_seed(args, seed):
-        return [a.replace("{seed}", str(seed)) for a in args]
 
     optimizer_args = [f"--model.init_args.{k}={json.dumps(v)}" for k, v in (optimizer or {}).items()]
     python = [*launcher, sys.executable, "-m", "arjepa_pl"]
