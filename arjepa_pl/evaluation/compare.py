@@ -172,6 +172,28 @@ def with_seed(args: Sequence[str], seed: int) -> list[str]:
     return [a.replace("{seed}", str(seed)) for a in args]
 
 
+def fit_command(python: list[str], objective: Pretraining, run: Run, steps: int, pretrain_args: Sequence[str],
+                optimizer_args: Sequence[str]) -> list[str]:
+    """One objective's run as `fit` (`python`: launcher and interpreter up to `-m arjepa_pl`): the shared
+    arguments, the equal optimiser, the objective's own, then the run's seed, steps and directory,
+    resuming from its checkpoint when it has one."""
+    return [*python, "fit", "--config", objective.config, *with_seed(pretrain_args, run.seed), *optimizer_args,
+            *with_seed(objective.args, run.seed), f"--seed_everything={run.seed}", f"--trainer.max_steps={steps}",
+            f"--trainer.default_root_dir={run.directory}", RUN_SUMMARY, "--ckpt_path=last"]
+
+
+def train_runs(tag: str, runs: Sequence[Run], command, out: Path, steps: int, dry_run: bool) -> None:
+    """Trains each run that has not finished (its fit summary says so) with `command(run)`, one after
+    the other, stopping at a run that exits unfinished (pre-empted)."""
+    for run in runs:
+        if is_complete(run.directory, "fit", steps):
+            print(f"[{tag}] {run.name}: trained already ({run.directory / SUMMARY})")
+            continue
+        print(f"[{tag}] training {run.name}", flush=True)
+        execute(command(run), run.directory / "fit.log", out / "commands.txt", dry_run)
+        require_complete(run.directory, "fit", steps, dry_run)
+
+
 def compare(
     objectives: list[Pretraining],
     probe_config: str,
@@ -214,29 +236,26 @@ def compare(
 
     optimizer_args = [f"--model.init_args.{k}={json.dumps(v)}" for k, v in (optimizer or {}).items()]
 
-    python = [*launcher, sys.executable, "-m", "arjepa_pl", "fit"]
+    python = [*launcher, sys.executable, "-m", "arjepa_pl"]
 
     def pretrain_command(objective: Pretraining, run: Run) -> list[str]:
-        return [*python, "--config", objective.config,
-                *with_seed(pretrain_args, run.seed), *optimizer_args, *with_seed(objective.args, run.seed),
-                f"--seed_everything={run.seed}", f"--trainer.max_steps={steps}",
-                f"--trainer.default_root_dir={run.directory}", RUN_SUMMARY, "--ckpt_path=last"]
+        return fit_command(python, objective, run, steps, pretrain_args, optimizer_args)
 
     # Fairness first: every objective's resolved config (seed 0's) must agree where it matters.
     resolved = {o.name: resolved_config(
-                    pretrain_command(o, Run(o.name, seeds[0], out / o.name / "check"))[len(python):-1])
+                    pretrain_command(o, Run(o.name, seeds[0], out / o.name / "check"))[len(python) + 1:-1])
                 for o in objectives}
     check_fairness(resolved)
     encoder = plain(resolved[names[0]].get("model.init_args.encoder"))
     random_encoder = ["--model.init_args.encoder_checkpoint=null", f"--model.init_args.encoder={json.dumps(encoder)}"]
 
     def probe_command(run: Run, encoder_args: list[str]) -> list[str]:
-        return [*python, "--config", probe_config, *with_seed(probe_args, run.seed), *encoder_args,
+        return [*python, "fit", "--config", probe_config, *with_seed(probe_args, run.seed), *encoder_args,
                 f"--seed_everything={run.seed}", f"--trainer.default_root_dir={run.directory / 'probe'}",
                 RUN_SUMMARY, "--ckpt_path=last"]
 
     # The probe's config is checked now too, not after hours of pretraining.
-    resolved_config(probe_command(Run("random_init", seeds[0], out / "check"), random_encoder)[len(python):-1])
+    resolved_config(probe_command(Run("random_init", seeds[0], out / "check"), random_encoder)[len(python) + 1:-1])
 
     runs = [Run(o.name, seed, out / o.name / f"seed{seed}") for seed in seeds for o in objectives]
     baselines = ([Run("random_init", seed, out / "random_init" / f"seed{seed}") for seed in seeds]
@@ -247,14 +266,8 @@ def compare(
 
     by_name = {o.name: o for o in objectives}
     if stage in ("all", "pretrain"):
-        for run in filter(selected, runs):
-            if is_complete(run.directory, "fit", steps):
-                print(f"[compare] {run.name}: pretrained already ({run.directory / SUMMARY})")
-                continue
-            print(f"[compare] pretraining {run.name}", flush=True)
-            execute(pretrain_command(by_name[run.objective], run), run.directory / "fit.log", out / "commands.txt",
-                    dry_run)
-            require_complete(run.directory, "fit", steps, dry_run)
+        train_runs("compare", list(filter(selected, runs)), lambda run: pretrain_command(by_name[run.objective], run),
+                   out, steps, dry_run)
 
     if stage in ("all", "probe"):
         for run in filter(selected, runs + baselines):

@@ -29,16 +29,15 @@ from jsonargparse import ActionConfigFile, ArgumentParser
 
 from arjepa_pl.checkpoints import find_resume_checkpoint
 from arjepa_pl.evaluation.compare import (
-    RUN_SUMMARY,
     SUMMARY,
     Pretraining,
     Run,
     check_fairness,
     check_run_arguments,
     execute,
-    is_complete,
-    require_complete,
+    fit_command,
     resolved_config,
+    train_runs,
     with_seed,
 )
 from arjepa_pl.evaluation.report import fmt, mean_std
@@ -98,9 +97,7 @@ def benchmark(
     python = [*launcher, sys.executable, "-m", "arjepa_pl"]
 
     def train_command(objective: Pretraining, run: Run) -> list[str]:
-        return [*python, "fit", "--config", objective.config, *with_seed(pretrain_args, run.seed), *optimizer_args,
-                *with_seed(objective.args, run.seed), f"--seed_everything={run.seed}", f"--trainer.max_steps={steps}",
-                f"--trainer.default_root_dir={run.directory}", RUN_SUMMARY, "--ckpt_path=last"]
+        return fit_command(python, objective, run, steps, pretrain_args, optimizer_args)
 
     def plan_command(run: Run, model_args: list[str]) -> list[str]:
         return [*python, "plan", "--config", plan_config, *with_seed(plan_args, run.seed), *model_args,
@@ -120,14 +117,8 @@ def benchmark(
 
     by_name = {o.name: o for o in objectives}
     if stage in ("all", "pretrain"):
-        for run in filter(selected, runs):
-            if is_complete(run.directory, "fit", steps):
-                print(f"[plan_benchmark] {run.name}: trained already ({run.directory / SUMMARY})")
-                continue
-            print(f"[plan_benchmark] training {run.name}", flush=True)
-            command = train_command(by_name[run.objective], run)
-            execute(command, run.directory / "fit.log", out / "commands.txt", dry_run)
-            require_complete(run.directory, "fit", steps, dry_run)
+        train_runs("plan_benchmark", list(filter(selected, runs)),
+                   lambda run: train_command(by_name[run.objective], run), out, steps, dry_run)
 
     if stage in ("all", "plan"):
         for run in filter(selected, runs + floors):
