@@ -169,6 +169,8 @@ EXTRA_COMMANDS = {
                 "pretrain objectives on equal terms, probe each frozen encoder, write the table"),
     "export": ("arjepa_pl.interop.export",
                "write a checkpoint's encoder as a plain state dict with its rebuild config"),
+    "plan": ("arjepa_pl.planning.plan", "plan in two rooms with a world model (or the oracle, or random actions)"),
+    "plan_benchmark": ("arjepa_pl.planning.benchmark", "train world models on equal terms, plan with each, tabulate"),
     "summary": ("arjepa_pl.summary", "a run's key numbers from its metrics.csv, and a picture of its curves"),
 }
 

@@ -24,7 +24,12 @@ REPO = Path(__file__).resolve().parents[1]
 def cli_env(**extra) -> dict:
     """Environment for a CLI subprocess: this checkout first on the path, offline, one thread per
     process (2 ranks on 2 cores)."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("SLURM_", "LOCAL_RANK", "NODE_RANK", "WORLD_SIZE"))}
+    # WANDB_SERVICE: wandb exports the address of this (pytest) process's wandb-core once an in-process
+    # test has logged to W&B; a child that inherits it registers its run in that long-lived service, so a
+    # requeued job resuming the same run id is refused ("run ID ... is in use") by the stream its killed
+    # first attempt left there. Each child starts its own service, as a job launched from a shell does.
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("SLURM_", "LOCAL_RANK", "NODE_RANK", "WORLD_SIZE")) and k != "WANDB_SERVICE"}
     env.update(PYTHONPATH=str(REPO), WANDB_MODE="offline", OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
     env.update(extra)
     return env

@@ -13,8 +13,10 @@ from arjepa_pl.errors import ConfigError
 REPO = Path(__file__).resolve().parents[1]
 # configs/trainer/ holds hardware presets, used as a second --config after an experiment's.
 PRESETS = sorted((REPO / "configs" / "trainer").glob("*.yaml"))
-# compare*.yaml configure `python -m arjepa_pl compare`, not a Trainer: tests/test_compare.py checks them.
-CONFIGS = sorted(set((REPO / "configs").rglob("*.yaml")) - set(PRESETS) - set((REPO / "configs").glob("compare*.yaml")))
+# compare*.yaml configure `python -m arjepa_pl compare`, not a Trainer: tests/test_compare.py checks them;
+# plan*.yaml configure `python -m arjepa_pl plan` and the planning benchmark: tests/test_planning.py does.
+CONFIGS = sorted(set((REPO / "configs").rglob("*.yaml")) - set(PRESETS) - set((REPO / "configs").glob("compare*.yaml"))
+                 - set((REPO / "configs").glob("plan*.yaml")))
 # Configs whose models are too big to build for real in a test: instantiated on the meta device.
 LARGE = {"vjepa_vitl16.yaml", "vjepa2_vitl16.yaml", "vjepa2_vitl16_cooldown.yaml", "vjepa2_vitg16.yaml",
          "vjepa2_vitg16_cooldown.yaml", "vjepa2_probe_vitl16.yaml"}

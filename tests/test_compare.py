@@ -74,7 +74,7 @@ def test_costs_are_measured_from_a_comparison_and_give_the_estimate(tmp_path):
     assert costs["stage_seconds"]["linear"] == 20.0 and costs["loadavg_1min"]["max"] == 3.0
     path = tmp_path / "costs.json"
     path.write_text(json.dumps(costs))
-    run = Run("vjepa", "", 0, tmp_path)
+    run = Run("vjepa", 0, tmp_path)
     jobs = [Job("pretrain", run, tmp_path), Job("probe", run, tmp_path, ProbeStage("linear", config="x"), 300),
             Job("probe", run, tmp_path, ProbeStage("decoder", config="x"), 300)]
     text = estimate(jobs, 300, str(path))
@@ -83,7 +83,7 @@ def test_costs_are_measured_from_a_comparison_and_give_the_estimate(tmp_path):
     assert "5 CPU-minutes; with 1 worker(s) on an idle machine ~5 min" in text and "measured ~3 min" in text
     assert "no measured cost for ['decoder']" in text
     assert "no time estimate" in estimate(jobs, 300, str(tmp_path / "missing.json"))
-    other = Run("vjepa", "", 1, tmp_path)
+    other = Run("vjepa", 1, tmp_path)
     both = [Job("pretrain", run, tmp_path), Job("pretrain", other, tmp_path),
             Job("probe", run, tmp_path, ProbeStage("linear", config="x"), 300)]
     seconds = {id(both[0]): 250.0, id(both[1]): 250.0, id(both[2]): 30.0}

@@ -22,7 +22,6 @@ and a last job for the report; `--dry_run` prints the plan with a time estimate 
 import inspect
 import json
 import math
-import os
 import shutil
 import sys
 import time
@@ -36,6 +35,7 @@ from arjepa_pl.evaluation.claims import ClaimRoles
 from arjepa_pl.evaluation.compare_costs import estimate
 from arjepa_pl.evaluation.compare_exec import JobRunner
 from arjepa_pl.evaluation.compare_plan import (
+    OPTIMIZER_KEYS,
     RANDOM_INIT,
     RUN_SUMMARY,
     Condition,
@@ -43,15 +43,20 @@ from arjepa_pl.evaluation.compare_plan import (
     Pretraining,
     ProbeStage,
     Run,
+    check_names,
+    check_run_arguments,
     choose_checkpoints,
     command_line,
     config_checkpoint_every,
     data_args,
     data_prefix,
     extra_checkpoints,
+    fit_command,
     job_done,
+    objective_args,
     planned_steps,
     saved_checkpoints,
+    unfinished,
     with_seed,
 )
 from arjepa_pl.evaluation.report import collect, write_report
@@ -59,7 +64,6 @@ from arjepa_pl.evaluation.report import collect, write_report
 # What must be identical across the objectives' resolved configs for the comparison to be fair.
 MUST_MATCH = ("model.init_args.encoder", "data", "trainer.max_steps", "trainer.accumulate_grad_batches",
               "trainer.precision", "trainer.devices", "trainer.num_nodes")
-OPTIMIZER_KEYS = ("lr", "start_lr", "final_lr", "warmup_steps", "weight_decay", "final_weight_decay", "betas", "eps")
 
 __all__ = ["Condition", "Pretraining", "ProbeStage", "check_fairness", "compare", "main", "resolved_config"]
 
@@ -96,11 +100,12 @@ def resolved_config(args: list[str]) -> Namespace:
     raise RuntimeError("unreachable: the CLI instantiated its classes")
 
 
-def check_fairness(configs: dict[str, Namespace]) -> None:
-    """Error listing every MUST_MATCH key and optimiser setting that differs between objectives."""
+def check_fairness(configs: dict[str, Namespace], extra_keys: tuple[str, ...] = ()) -> None:
+    """Error listing every MUST_MATCH key, optimiser setting and `extra_keys` entry (dotted config keys a
+    caller also needs equal) that differs between objectives."""
     names = list(configs)
     problems = []
-    keys = list(MUST_MATCH) + [f"model.init_args.{k}" for k in OPTIMIZER_KEYS]
+    keys = list(MUST_MATCH) + [f"model.init_args.{k}" for k in OPTIMIZER_KEYS] + list(extra_keys)
     for key in keys:
         values = {name: plain(configs[name].get(key)) for name in names}  # jsonargparse reads dotted keys
         if any(v != values[names[0]] for v in values.values()):
@@ -167,21 +172,11 @@ def compare(
         wandb_project: W&B project of the results run (null: no W&B).
     """
     conditions = list(conditions or [Condition("")])
+    check_run_arguments("compare", objectives, (RANDOM_INIT,), seeds, steps, optimizer,
+                        [p.config for p in probes if p.config])
     names = [o.name for o in objectives]
-    stage_names = [p.name for p in probes]
-    if not objectives:
-        raise ValueError("compare needs at least one objective")
-    named = (("objective", names), ("condition", [c.name for c in conditions]), ("probe stage", stage_names))
-    for kind, values in named:
-        if len(set(values)) != len(values) or RANDOM_INIT in values or any("/" in v for v in values):
-            raise ValueError(f"{kind} names must be distinct, without '/', and not {RANDOM_INIT!r}: {values}")
-    if not seeds or len(set(seeds)) != len(seeds):
-        raise ValueError(f"seeds must be distinct and at least one, got {list(seeds)}")
-    if steps < 1:
-        raise ValueError(f"steps must be >= 1, got {steps}")
-    unknown = set(optimizer or {}) - set(OPTIMIZER_KEYS)
-    if unknown:
-        raise ValueError(f"unknown optimizer keys {sorted(unknown)}; use {', '.join(OPTIMIZER_KEYS)}")
+    check_names("condition", [c.name for c in conditions], (RANDOM_INIT,))
+    check_names("probe stage", [p.name for p in probes], (RANDOM_INIT,))
     condition_names = {c.name for c in conditions}
     for o in objectives:
         if o.conditions is not None and not set(o.conditions) <= condition_names:
@@ -196,9 +191,6 @@ def compare(
             raise ValueError(f"probe stage {p.name}: unknown conditions {sorted(set(p.conditions) - condition_names)}")
     if checkpoint_every is not None and checkpoint_every < 1:
         raise ValueError(f"checkpoint_every must be >= 1 (or null), got {checkpoint_every}")
-    for path in [p.config for p in probes if p.config] + [o.config for o in objectives]:
-        if not Path(path).is_file():
-            raise FileNotFoundError(f"config not found: {path} (paths are relative to {os.getcwd()})")
     if executor not in ("subprocess", "in_process"):
         raise ValueError(f"executor must be 'subprocess' or 'in_process', got {executor!r}")
     if executor == "in_process" and launcher:
@@ -216,19 +208,17 @@ def compare(
     def options(run: Run) -> dict:
         return {**(data or {}), **by_condition[run.condition].data}
 
-    def objective_args(objective: Pretraining, run: Run) -> list[str]:
-        return ["--config", objective.config, *with_seed(pretrain_args, run.seed),
-                *data_args("data.init_args.", options(run), run.seed), *optimizer_args,
-                *with_seed(objective.args, run.seed), f"--seed_everything={run.seed}"]
+    def pretrain_data(run: Run) -> list[str]:
+        return data_args("data.init_args.", options(run), run.seed)
 
     def pretrain_command(run: Run) -> list[str]:
         extra = [extra_checkpoints(checkpoint_every, run.directory / "checkpoints")] if checkpoint_every else []
-        return [*python, "fit", *objective_args(by_name[run.objective], run), f"--trainer.max_steps={steps}",
-                f"--trainer.default_root_dir={run.directory}", *extra, RUN_SUMMARY, "--ckpt_path=last"]
+        return fit_command(python, by_name[run.objective], run, steps, pretrain_args, optimizer_args,
+                           pretrain_data(run), extra)
 
-    runs = [Run(o.name, c.name, seed, out / o.name / c.name / f"seed{seed}") for seed in seeds for c in conditions
+    runs = [Run(o.name, seed, out / o.name / c.name / f"seed{seed}", c.name) for seed in seeds for c in conditions
             for o in objectives if o.conditions is None or c.name in o.conditions]
-    baselines = [Run(RANDOM_INIT, c.name, seed, out / RANDOM_INIT / c.name / f"seed{seed}")
+    baselines = [Run(RANDOM_INIT, seed, out / RANDOM_INIT / c.name / f"seed{seed}", c.name)
                  for seed in seeds for c in conditions] if random_init_baseline else []
 
     # Fairness first: in each condition, every objective's resolved config (first seed's) must agree.
@@ -253,7 +243,9 @@ def compare(
         run, stage_ = job.run, job.stage
         assert stage_ is not None, "a stage job has its stage"
         if stage_.kind == "predict" or stage_.config is None:
-            return [*python, "predict", *objective_args(by_name[run.objective], run), *with_seed(stage_.args, run.seed),
+            objective = by_name[run.objective]
+            return [*python, "predict", *objective_args(objective, run.seed, pretrain_args, optimizer_args,
+                                                        pretrain_data(run)), *with_seed(stage_.args, run.seed),
                     f"--trainer.default_root_dir={job.directory}", f"--ckpt_path={job.checkpoint}"]
         encoder_args = random_encoder if run.objective == RANDOM_INIT else \
             [f"--model.init_args.encoder_checkpoint={job.checkpoint}"]
@@ -295,7 +287,7 @@ def compare(
     probe_configs = {}
     for p in probes:
         if p.kind == "probe":
-            check = Job("probe", Run(RANDOM_INIT, conditions[0].name, seeds[0], out / "check"), out / "check", p)
+            check = Job("probe", Run(RANDOM_INIT, seeds[0], out / "check", conditions[0].name), out / "check", p)
             probe_configs[p.name] = resolved_config(stage_command(check)[len(python) + 1:-1])
 
     pretrain_jobs = [Job("pretrain", run, run.directory) for run in runs if selected(run)]
@@ -326,8 +318,7 @@ def compare(
 
     def finished(job: Job) -> list[Job]:
         if not job_done(job, steps):
-            raise RuntimeError(f"{job.directory} exited before finishing (pre-empted?); start the comparison "
-                               "again to resume it from its last checkpoint")
+            raise unfinished(job.directory)
         if job.kind == "pretrain":
             return stage_todo(job.run) if stage == "all" else []
         pending[job.run.name] -= 1

@@ -9,6 +9,8 @@ threads. A job's stage jobs (probes of its checkpoints) are queued when its pret
 
 Every job's output goes to <job dir>/<kind>.log, its command line to commands.txt, and its wall and
 CPU seconds with the load average to timings.jsonl (what arjepa_pl.evaluation.compare_costs reads).
+The planning benchmark (arjepa_pl.planning.benchmark) runs its commands one after the other through
+`execute` and `train_runs`, on the same run_job.
 """
 
 import concurrent.futures as futures
@@ -22,11 +24,11 @@ import subprocess
 import sys
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Optional
 
-from arjepa_pl.evaluation.compare_plan import Job, command_line
+from arjepa_pl.evaluation.compare_plan import SUMMARY, Job, Run, command_line, is_complete, unfinished
 
 
 @contextlib.contextmanager
@@ -91,6 +93,46 @@ def run_job(command: list[str], log_path: str, in_process: bool, threads: Option
     return {"exit": code, "wall_seconds": time.perf_counter() - start, "cpu_seconds": cpu_seconds() - cpu}
 
 
+def record_command(record: Path, line: str, directory: Path) -> None:
+    """Creates the job's directory and appends its command line to the comparison's `record`."""
+    directory.mkdir(parents=True, exist_ok=True)
+    with open(record, "a") as f:
+        f.write(line + "\n")
+
+
+def failure(code: int, line: str, log: Path) -> RuntimeError:
+    """The error of a command that failed: its exit code, the command and the end of its log."""
+    tail = "".join(log.read_text(errors="replace").splitlines(keepends=True)[-30:])
+    return RuntimeError(f"command failed (exit {code}): {line}\n--- end of {log} ---\n{tail}")
+
+
+def execute(command: list[str], log_path: Path, record: Path, dry_run: bool) -> None:
+    """Run one command as a subprocess, now, with its output appended to log_path and the command line
+    to `record`; an error names the command and shows the end of its log."""
+    line = command_line(command)
+    print(f"$ {line}", flush=True)
+    if dry_run:
+        return
+    record_command(record, line, log_path.parent)
+    code = run_job(command, str(log_path), in_process=False)["exit"]
+    if code:
+        raise failure(code, line, log_path)
+
+
+def train_runs(tag: str, runs: Sequence[Run], command: Callable[[Run], list[str]], out: Path, steps: int,
+               dry_run: bool) -> None:
+    """Trains each run that has not finished (its fit summary says so) with `command(run)`, one after
+    the other, stopping at a run that exits unfinished (pre-empted)."""
+    for run in runs:
+        if is_complete(run.directory, "fit", steps):
+            print(f"[{tag}] {run.name}: trained already ({run.directory / SUMMARY})")
+            continue
+        print(f"[{tag}] training {run.name}", flush=True)
+        execute(command(run), run.directory / "fit.log", out / "commands.txt", dry_run)
+        if not dry_run and not is_complete(run.directory, "fit", steps):
+            raise unfinished(run.directory)
+
+
 class JobRunner:
     """Runs jobs and the jobs they unlock, one at a time or on `workers` processes.
 
@@ -116,9 +158,7 @@ class JobRunner:
     def _start(self, job: Job, command: list[str]):
         line = command_line(command)
         print(f"[compare] {job.kind} {job.name}\n$ {line}", flush=True)
-        job.directory.mkdir(parents=True, exist_ok=True)
-        with open(self.out / "commands.txt", "a") as f:
-            f.write(line + "\n")
+        record_command(self.out / "commands.txt", line, job.directory)
         log = str(job.directory / f"{job.kind}.log")
         load = os.getloadavg()
         if self.pool is None:
@@ -137,9 +177,7 @@ class JobRunner:
         with open(self.out / "timings.jsonl", "a") as f:
             f.write(json.dumps(timing) + "\n")
         if result["exit"]:
-            log = job.directory / f"{job.kind}.log"
-            tail = "".join(log.read_text(errors="replace").splitlines(keepends=True)[-30:])
-            raise RuntimeError(f"command failed (exit {result['exit']}): {line}\n--- end of {log} ---\n{tail}")
+            raise failure(result["exit"], line, job.directory / f"{job.kind}.log")
 
     def run(self, jobs: list[Job], command: Callable[[Job], list[str]],
             finished: Callable[[Job], list[Job]]) -> None:

@@ -1,5 +1,6 @@
 """What a comparison runs, as data: objectives, data conditions and probe stages, and the commands
-they become (arjepa_pl.evaluation.compare executes them).
+they become (arjepa_pl.evaluation.compare executes them). The check of a comparison's arguments and
+the `fit` command of a pretraining serve the planning benchmark too (arjepa_pl.planning.benchmark).
 
 A *run* is one pretraining (objective x condition x seed) in OUT/<objective>/<condition>/seed<S>/
 (no condition level when the comparison has none), or the random-init baseline of a condition and
@@ -10,8 +11,10 @@ saved ("all": accuracy against training FLOPs), or chosen steps, each in <run>/<
 """
 
 import json
+import os
 import re
 import shlex
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Optional, Union
@@ -27,6 +30,8 @@ ROLLOUT_METRICS = "rollouts/rollout_metrics.json"
 RUN_SUMMARY = "--trainer.callbacks+=arjepa_pl.callbacks.RunSummary"
 FEATURE_DATA = "arjepa_pl.evaluation.FrozenFeatureData"
 STEP_IN_NAME = re.compile(r"step[=_-]?(\d+)")
+# The optimiser settings a comparison gives every objective alike (and its fairness check compares).
+OPTIMIZER_KEYS = ("lr", "start_lr", "final_lr", "warmup_steps", "weight_decay", "final_weight_decay", "betas", "eps")
 
 
 @dataclass
@@ -88,12 +93,12 @@ class ProbeStage:
 
 @dataclass
 class Run:
-    """One pretraining (or the random-init baseline) and where it lives."""
+    """One pretraining (or a baseline) and where it lives; `condition` is empty where there are none."""
 
     objective: str
-    condition: str
     seed: int
     directory: Path
+    condition: str = ""
 
     @property
     def name(self) -> str:
@@ -116,8 +121,55 @@ class Job:
         return self.run.name if self.stage is None else f"{self.run.name}/{self.stage.name}/step{self.step}"
 
 
-def with_seed(args, seed: int) -> list[str]:
+def check_names(kind: str, names: Sequence[str], reserved: Sequence[str]) -> None:
+    """Names of objectives, conditions or stages: distinct, without '/' (the separator of a run's name and
+    directories), and none of the `reserved` names a baseline has."""
+    if len(set(names)) != len(names) or set(names) & set(reserved) or any("/" in n for n in names):
+        raise ValueError(f"{kind} names must be distinct, without '/', and not {list(reserved)}: {list(names)}")
+
+
+def check_run_arguments(command: str, objectives: Sequence[Pretraining], reserved: Sequence[str],
+                        seeds: Sequence[int], steps: int, optimizer: Optional[dict],
+                        evaluation_configs: Sequence[str]) -> None:
+    """What compare and plan_benchmark refuse before running anything: no objective, objective names that
+    clash (check_names), seeds not distinct, no steps, an optimiser key the fairness check does not cover,
+    a config (the objectives' or the evaluation's: probes, planning) that is not there."""
+    if not objectives:
+        raise ValueError(f"{command} needs at least one objective")
+    check_names("objective", [o.name for o in objectives], reserved)
+    if not seeds or len(set(seeds)) != len(seeds):
+        raise ValueError(f"seeds must be distinct and at least one, got {list(seeds)}")
+    if steps < 1:
+        raise ValueError(f"steps must be >= 1, got {steps}")
+    unknown = set(optimizer or {}) - set(OPTIMIZER_KEYS)
+    if unknown:
+        raise ValueError(f"unknown optimizer keys {sorted(unknown)}; use {', '.join(OPTIMIZER_KEYS)}")
+    for path in [*evaluation_configs, *(o.config for o in objectives)]:
+        if not Path(path).is_file():
+            raise FileNotFoundError(f"config not found: {path} (paths are relative to {os.getcwd()})")
+
+
+def with_seed(args: Sequence[Any], seed: int) -> list[str]:
+    """Command-line arguments with every `{seed}` replaced by the run's seed (YAML numbers as strings)."""
     return [str(a).replace("{seed}", str(seed)) for a in args]
+
+
+def objective_args(objective: Pretraining, seed: int, shared_args: Sequence[str], optimizer_args: Sequence[str],
+                   data: Sequence[str] = ()) -> list[str]:
+    """An objective's config and overrides, the more specific later (they win): the arguments every
+    objective gets, the data options (a condition's), the equal optimiser, the objective's own; the seed."""
+    return ["--config", objective.config, *with_seed(shared_args, seed), *data, *optimizer_args,
+            *with_seed(objective.args, seed), f"--seed_everything={seed}"]
+
+
+def fit_command(python: list[str], objective: Pretraining, run: Run, steps: int, pretrain_args: Sequence[str],
+                optimizer_args: Sequence[str], data: Sequence[str] = (), callbacks: Sequence[str] = ()) -> list[str]:
+    """One objective's run as `fit` (`python`: launcher and interpreter up to `-m arjepa_pl`): its
+    objective_args, then the run's steps and directory and any extra callbacks, resuming from its
+    checkpoint when it has one."""
+    return [*python, "fit", *objective_args(objective, run.seed, pretrain_args, optimizer_args, data),
+            f"--trainer.max_steps={steps}", f"--trainer.default_root_dir={run.directory}", *callbacks, RUN_SUMMARY,
+            "--ckpt_path=last"]
 
 
 def data_args(prefix: str, options: dict[str, Any], seed: int) -> list[str]:
@@ -202,6 +254,7 @@ def extra_checkpoints(every: int, dirpath: Path) -> str:
 
 
 def is_complete(directory: Path, stage: str, min_step: int = 0) -> bool:
+    """Whether the run summary in `directory` says its `stage` finished, at `min_step` or later."""
     try:
         summary = json.loads((directory / SUMMARY).read_text())
     except (OSError, ValueError):
@@ -215,6 +268,13 @@ def job_done(job: Job, steps: int) -> bool:
     if job.kind == "predict":
         return (job.directory / ROLLOUT_METRICS).is_file()
     return is_complete(job.directory, "fit")
+
+
+def unfinished(directory: Path) -> RuntimeError:
+    """The error of a job that exited without finishing (pre-empted: its SLURM job is being requeued);
+    starting the comparison again resumes it."""
+    return RuntimeError(f"{directory} exited before finishing (pre-empted?); start the comparison again to resume "
+                        "it from its last checkpoint")
 
 
 def command_line(command: list[str]) -> str:

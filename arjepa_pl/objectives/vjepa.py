@@ -15,6 +15,7 @@ from typing import Literal, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from arjepa_pl import schedules
 from arjepa_pl.feature_stats import vicreg_covariance, vicreg_variance
@@ -306,21 +307,25 @@ class JEPA(ScheduledModule):
         self.update_target(momentum)
         self.log("train/ema_momentum", momentum, on_step=True, on_epoch=False)
 
-    @torch.no_grad()
     def update_target(self, momentum: float) -> None:
-        """k <- m k + (1 - m) q for every parameter, as one fused op over the parameter lists.
-
-        Under FSDP2 the teacher is sharded exactly like the student, so this is a shard-local lerp;
-        a root module keeps its weights gathered after forward, so both are resharded first."""
         if self.target_encoder is None:
             raise RuntimeError("teacher='stop_grad' has no target encoder to update")
-        for module in (self.encoder, self.target_encoder):
-            reshard = getattr(module, "reshard", None)
-            if callable(reshard):  # an FSDP2 module
-                reshard()
-        online: list[torch.Tensor] = list(self.encoder.parameters())
-        target: list[torch.Tensor] = list(self.target_encoder.parameters())
-        torch._foreach_lerp_(target, online, 1.0 - momentum)
+        ema_update(self.encoder, self.target_encoder, momentum)
+
+
+@torch.no_grad()
+def ema_update(online: nn.Module, target: nn.Module, momentum: float) -> None:
+    """target <- m target + (1 - m) online for every parameter, as one fused op over the parameter lists.
+
+    Under FSDP2 the teacher is sharded exactly like the student, so this is a shard-local lerp;
+    a root module keeps its weights gathered after forward, so both are resharded first."""
+    for module in (online, target):
+        reshard = getattr(module, "reshard", None)
+        if callable(reshard):  # an FSDP2 module
+            reshard()
+    online_params: list[torch.Tensor] = list(online.parameters())
+    target_params: list[torch.Tensor] = list(target.parameters())
+    torch._foreach_lerp_(target_params, online_params, 1.0 - momentum)
 
 
 # V-JEPA is JEPA with a video encoder: the name configs/vjepa*.yaml use.
