@@ -25,6 +25,7 @@ import math
 import shutil
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Literal, Optional, Sequence
 from unittest.mock import patch
@@ -373,13 +374,20 @@ def claims_context(claims: Optional[ClaimRoles], probe_configs: dict, resolved: 
     return context
 
 
-def main(argv: Optional[list[str]] = None) -> None:
-    parser = ArgumentParser(prog="python -m arjepa_pl compare", description=__doc__.split("\n\n")[0],
+def harness_main(function: Callable[..., Optional[Path]], command: str, description: str, config: str,
+                 argv: Optional[list[str]]) -> None:
+    """`python -m arjepa_pl COMMAND --config CONFIG`: `function`'s arguments from a YAML config and the
+    command line (compare, plan_benchmark); it runs, then says how long it took and where its report is."""
+    parser = ArgumentParser(prog=f"python -m arjepa_pl {command}", description=description,
                             parser_mode="omegaconf+")
-    parser.add_argument("--config", action=ActionConfigFile, help="a comparison config (configs/compare.yaml)")
-    parser.add_function_arguments(compare)
+    parser.add_argument("--config", action=ActionConfigFile, help=f"a {command} config ({config})")
+    parser.add_function_arguments(function)
     init = parser.instantiate_classes(parser.parse_args(argv))
     start = time.time()
-    report = compare(**{name: init[name] for name in inspect.signature(compare).parameters})
+    report = function(**{name: init[name] for name in inspect.signature(function).parameters})
     if report is not None:
-        print(f"[compare] done in {(time.time() - start) / 60:.1f} min: {report}")
+        print(f"[{command}] done in {(time.time() - start) / 60:.1f} min: {report}")
+
+
+def main(argv: Optional[list[str]] = None) -> None:
+    harness_main(compare, "compare", __doc__.split("\n\n")[0], "configs/compare.yaml", argv)
