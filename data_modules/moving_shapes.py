@@ -7,7 +7,7 @@ for probes:
     shape      circle, square, triangle, plus            appearance
     colour     red, green, blue, yellow                  appearance
     direction  right, left, down, up                     motion
-    speed      slow, fast (0.12 or 0.3 of the frame per clip)   motion
+    speed      slow, fast (0.2 or 0.4 of the frame per clip)   motion
     location   quadrant of the path's midpoint           position (top-left, top-right, bottom-left, bottom-right)
 
 Everything else is drawn per clip from its own seed and is not a label: the object's exact size, its
@@ -58,7 +58,10 @@ FACTOR_TASKS = tuple({"name": name, "num_classes": len(values), "divisor": DIVIS
 
 RGB = {"red": (0.9, 0.15, 0.15), "green": (0.15, 0.8, 0.2), "blue": (0.2, 0.35, 0.95), "yellow": (0.95, 0.85, 0.1)}
 DIRECTION_VECTORS = {"right": (1, 0), "left": (-1, 0), "down": (0, 1), "up": (0, -1)}  # (dx, dy), y down
-TRAVEL = {"slow": 0.12, "fast": 0.30}  # distance the centre moves over the clip, as a fraction of the side
+# Distance the centre moves over the clip, as a fraction of the side. At 0.12 / 0.3 a slow object moved
+# about one 8-px patch in a 64-px clip and no encoder we trained (V-JEPA, nor a random one) let a probe
+# read direction; at 0.2 / 0.4 (1.5-4 patches) motion is visible at the scale of the tokens.
+TRAVEL = {"slow": 0.2, "fast": 0.4}
 BACKGROUND = 0.5  # grey level of the plain background
 RADIUS = (0.12, 0.15)  # object size: its 'radius' as a fraction of the side (2-3 patches of 8 px wide at 64 px)
 REACH = 5 / 3  # how far any shape extends from its centre, in radii (the triangle's apex)
@@ -175,7 +178,7 @@ def render_clip(factors: dict[str, int], rng: np.random.Generator, num_frames: i
 
     r = float(rng.uniform(*RADIUS)) * size
     colour = np.clip(colour + rng.uniform(-COLOUR_JITTER, COLOUR_JITTER, 3), 0, 1).astype(np.float32)
-    reach = REACH * r + 1  # the largest extent of any shape from its centre, plus a pixel
+    reach = REACH * r + 0.5  # the largest extent of any shape from its centre, plus half a pixel
     # The midpoint of the path, in its quadrant, such that the whole path stays inside the frame.
     half_x, half_y = abs(dx) * travel / 2, abs(dy) * travel / 2
     mx = _midpoint(rng, right, reach + half_x, size - reach - half_x, size)
