@@ -7,6 +7,10 @@ the input dtype (bf16 variances and singular values are too coarse to be useful)
 - `vicreg_variance`, `vicreg_covariance`: the VICReg regularisers (Bardes et al., 2022). Differentiable;
   the JEPA objective can add them to its loss.
 - `rankme`, `normalized_std`: read-only measurements for the collapse monitor.
+- `within_clip_share`, `reverse_playback_similarity`: how much of a video encoder's token features
+  varies inside a clip, and whether playing the clip backwards changes them: the signature of the
+  clip-code shortcut (every token of a clip carries one code of the clip's appearance), which
+  RankMe and the spread across clips do not show.
 """
 
 from __future__ import annotations
@@ -67,3 +71,40 @@ def normalized_std(features: torch.Tensor) -> float:
     """
     z = torch.nn.functional.normalize(as_rows(features), dim=1)
     return float(z.std(dim=0).mean() * math.sqrt(z.shape[1]))
+
+
+def _as_clips(features: torch.Tensor, name: str) -> torch.Tensor:
+    if features.ndim != 3 or features.shape[0] < 2:
+        raise ValueError(f"{name} needs token features [B, N, D] of B >= 2 clips, got shape {tuple(features.shape)}")
+    return features.float()
+
+
+@torch.no_grad()
+def within_clip_share(features: torch.Tensor) -> float:
+    """Share of the token features' variance that lies within clips: tokens [B, N, D] -> in [0, 1].
+
+    Total variance (around the batch mean) = variance within clips (around each clip's mean) + variance
+    of the clip means; this returns the first over the total. Near 1 when clips differ little and their
+    tokens much; near 0 when every token of a clip carries the same code.
+    """
+    z = _as_clips(features, "within_clip_share")
+    within = (z - z.mean(1, keepdim=True)).pow(2).sum(-1).mean()
+    total = (z - z.mean((0, 1))).pow(2).sum(-1).mean()
+    return float(within / total) if total > 0 else 0.0
+
+
+@torch.no_grad()
+def reverse_playback_similarity(features: torch.Tensor, reversed_features: torch.Tensor) -> float:
+    """Mean cosine similarity between each clip's and its time-reversed copy's mean token feature,
+    both centred on the batch mean of the forward clips: tokens [B, N, D] twice -> in [-1, 1].
+
+    A mean over tokens is blind to their order, so an encoder that sees only what is in the frames
+    (not which way things move) gives 1; two unrelated clips give about 0.
+    """
+    if features.shape != reversed_features.shape:
+        raise ValueError(f"features of the clips {tuple(features.shape)} and of their reversals "
+                         f"{tuple(reversed_features.shape)} differ in shape")
+    forward = _as_clips(features, "reverse_playback_similarity").mean(1)
+    backward = _as_clips(reversed_features, "reverse_playback_similarity").mean(1)
+    centre = forward.mean(0)
+    return float(torch.nn.functional.cosine_similarity(forward - centre, backward - centre, dim=-1).mean())

@@ -11,9 +11,16 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
+def to_uint8_pixels(video: torch.Tensor, mean: Sequence[float] = IMAGENET_MEAN,
+                    std: Sequence[float] = IMAGENET_STD) -> torch.Tensor:
+    """Normalised clips [B, C, ...] -> uint8 RGB values in the same layout, on the same device."""
+    shape = (1, -1) + (1,) * (video.ndim - 2)
+    x = video.detach().float() * video.new_tensor(std, dtype=torch.float32).view(shape) \
+        + video.new_tensor(mean, dtype=torch.float32).view(shape)
+    return (x.clamp(0, 1) * 255).round().to(torch.uint8)
+
+
 def unnormalise(video: torch.Tensor, mean: Sequence[float] = IMAGENET_MEAN,
                 std: Sequence[float] = IMAGENET_STD) -> np.ndarray:
     """Normalised clips [B, C, T, H, W] -> uint8 RGB frames [B, T, H, W, C]."""
-    shape = (1, -1, 1, 1, 1)
-    x = video.detach().float().cpu() * torch.tensor(std).view(shape) + torch.tensor(mean).view(shape)
-    return (x.clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 4, 1).numpy()
+    return to_uint8_pixels(video, mean, std).cpu().permute(0, 2, 3, 4, 1).numpy()

@@ -13,6 +13,7 @@ from .decoding import BadVideo
 from .demo_videos import DemoManifests, default_demo_dir, ensure_demo_videos
 from .frames import FrameDataModule, FrameDataset
 from .manifest import read_manifest
+from .moving_shapes_data import MovingShapesDataModule, MovingShapesDataset
 from .resumable import ResumableDataLoader
 from .samplers import ClipSampler, WeightedClipSampler
 from .shards import pack, read_shard_set
@@ -22,6 +23,8 @@ from .two_rooms_module import TwoRoomsDataModule
 
 __all__ = [
     "VideoDataModule",
+    "MovingShapesDataModule",
+    "MovingShapesDataset",
     "ClipDataModule",
     "StreamingVideoDataModule",
     "ShardClipStream",

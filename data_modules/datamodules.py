@@ -180,9 +180,46 @@ class ClipDataModule(pl.LightningDataModule):
             loader.epoch_limit = self.trainer.limit_train_batches
         return loader
 
+    def _train_loader(self, dataset: Dataset, sampler: ClipSampler) -> ResumableDataLoader:
+        """The training loader of `dataset` in `sampler`'s order, resumable mid-epoch."""
+        return self._resumable(ResumableDataLoader(
+            dataset, batch_size=self.batch_size, sampler=sampler, drop_last=self.drop_last,
+            persistent_workers=self.persistent_workers and self.num_workers > 0, **self._loader_args()))
+
+    def _eval_loader(self, dataset: Dataset) -> DataLoader:
+        """A validation / test loader: every clip once, in order, split by rank."""
+        # Not drop_last: with several ranks a few clips are repeated (padding) rather than
+        # skipped, so every clip is evaluated.
+        sampler = ClipSampler(dataset, num_replicas=self.world_size, rank=self.rank, shuffle=False, drop_last=False)
+        return DataLoader(dataset, batch_size=self.batch_size, sampler=sampler, drop_last=False,
+                          persistent_workers=self.persistent_workers and self.num_workers > 0, **self._loader_args())
+
     def _require_setup(self) -> None:
         if self.train_dataset is None:
             raise RuntimeError(f"{type(self).__name__}.setup() must run before the dataloaders are built")
+
+    # Whether the training split's samples are already fixed views (no augmentation): then a cache of
+    # frozen-encoder features can serve them as they are.
+    fixed_train_views = False
+
+    def fixed_view_dataset(self, split: str) -> Dataset:
+        """The clips of `split` ("train", "val" or "test") as fixed evaluation views: the same tensors
+        every epoch (no random crop, flip or temporal jitter). For caches of a frozen encoder's features
+        (arjepa_pl.evaluation.FrozenFeatureData); the test split is the validation set here."""
+        self._require_setup()
+        if split == "train":
+            if not self.fixed_train_views:
+                raise NotImplementedError(f"{type(self).__name__} augments its training clips and has no fixed views "
+                                          "of them: probe it without the feature cache")
+            assert self.train_dataset is not None  # _require_setup
+            return self.train_dataset
+        if split not in ("val", "test"):
+            raise ValueError(f"split must be train, val or test, got {split!r}")
+        dataset = getattr(self, "test_dataset", None) if split == "test" else None
+        dataset = dataset or self.val_dataset
+        if dataset is None:
+            raise ValueError(f"no {split} split: set the {self.val_option}")
+        return dataset
 
     def test_dataloader(self) -> DataLoader:
         self._require_setup()
@@ -291,6 +328,18 @@ class VideoDataModule(ClipDataModule):
             val_info = f"{len(self.val_dataset)} val clips" if self.val_dataset else "no validation"
             log.info(f"video data: {len(self.train_dataset)} train clips {sizes} ({train_manifest}), {val_info}")
 
+    def fixed_view_dataset(self, split: str) -> Dataset:
+        """As ClipDataModule's; the training split's fixed views are its evaluation views (the centre
+        of each of num_clips temporal segments x eval_views crops) of every training clip, every
+        manifest once (mix_weights apart)."""
+        if split != "train":
+            return super().fixed_view_dataset(split)
+        self._require_setup()
+        args = dict(seed=self.seed, max_retries=self.max_retries, max_bad_fraction=self.max_bad_fraction,
+                    **vars(self.clip_options))
+        assert self.train_dataset is not None  # _require_setup
+        return self.dataset_class(self.train_dataset.manifests, train=False, **args)
+
     def train_dataloader(self) -> DataLoader:
         self._require_setup()
         assert self.train_dataset is not None  # checked by _require_setup
@@ -305,17 +354,10 @@ class VideoDataModule(ClipDataModule):
             # drop_last in the sampler gives every rank the same number of clips (uneven counts hang DDP).
             sampler = ClipSampler(self.train_dataset, num_replicas=self.world_size, rank=self.rank,
                                   shuffle=True, seed=self.seed, drop_last=True)
-        return self._resumable(ResumableDataLoader(
-            self.train_dataset, batch_size=self.batch_size, sampler=sampler, drop_last=self.drop_last,
-            persistent_workers=self.persistent_workers and self.num_workers > 0, **self._loader_args()))
+        return self._train_loader(self.train_dataset, sampler)
 
     def val_dataloader(self) -> DataLoader | list:
         self._require_setup()
         if self.val_dataset is None:
             return []  # Lightning runs no validation on an empty list
-        # Not drop_last: with several ranks a few clips are repeated (padding) rather than
-        # skipped, so every clip is evaluated.
-        sampler = ClipSampler(self.val_dataset, num_replicas=self.world_size, rank=self.rank,
-                              shuffle=False, drop_last=False)
-        return DataLoader(self.val_dataset, batch_size=self.batch_size, sampler=sampler, drop_last=False,
-                          persistent_workers=self.persistent_workers and self.num_workers > 0, **self._loader_args())
+        return self._eval_loader(self.val_dataset)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import numbers
 import os
 from collections.abc import Sequence
 
@@ -12,6 +11,7 @@ from torch.utils.data import Dataset
 from .bad_samples import BadSampleGuard
 from .clip import ClipOptions, load_clip
 from .manifest import read_manifest
+from .samplers import sample_key
 
 REPLACE = 0x5EED  # a fourth seed word: replacement draws never collide with augmentation draws
 
@@ -71,7 +71,7 @@ class VideoClipDataset(Dataset):
         return len(self.samples)
 
     def __getitem__(self, key) -> dict:
-        index, epoch, position = self._unpack_key(key)
+        index, epoch, position = sample_key(key, len(self.samples), str(self.manifests))
 
         def load(i: int, attempt: int):
             words = [self.seed, epoch, index] if attempt == 0 else [self.seed, epoch, index, attempt]
@@ -91,14 +91,3 @@ class VideoClipDataset(Dataset):
     def load(self, path: str, rng: np.random.Generator):
         """One entry's clip tensor; raises BadVideo for an unusable file (subclasses read other media)."""
         return load_clip(path, self.options, rng, self.train)
-
-    def _unpack_key(self, key) -> tuple[int, int, int]:
-        if isinstance(key, numbers.Integral):
-            index, epoch, position = int(key), 0, int(key)
-        elif isinstance(key, (tuple, list)) and len(key) == 3:
-            index, epoch, position = (int(k) for k in key)
-        else:
-            raise TypeError(f"key must be an index or an (index, epoch, position) tuple, got {key!r}")
-        if not 0 <= index < len(self.samples):
-            raise IndexError(f"index {index} out of range for {len(self.samples)} clips in {self.manifests}")
-        return index, epoch, position

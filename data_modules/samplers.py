@@ -3,6 +3,7 @@ start an epoch part-way (exact mid-epoch resume)."""
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Iterator, Sequence, Sized
 from typing import cast
 
@@ -10,6 +11,20 @@ import numpy as np
 from torch.utils.data import Dataset, DistributedSampler
 
 MIX = 0x313  # seed word of the mixture draws
+
+
+def sample_key(key: int | tuple[int, int, int] | list[int], size: int, where: str) -> tuple[int, int, int]:
+    """(index, epoch, position) of a dataset key: a plain index (epoch 0, position = index) or the
+    (index, epoch, position) tuple ClipSampler yields. `where` names the data in the out-of-range error."""
+    if isinstance(key, numbers.Integral):
+        index, epoch, position = int(key), 0, int(key)
+    elif isinstance(key, (tuple, list)) and len(key) == 3:
+        index, epoch, position = (int(k) for k in key)
+    else:
+        raise TypeError(f"key must be an index or an (index, epoch, position) tuple, got {key!r}")
+    if not 0 <= index < size:
+        raise IndexError(f"index {index} out of range for {size} clips in {where}")
+    return index, epoch, position
 
 
 class ClipSampler(DistributedSampler):

@@ -33,7 +33,8 @@ def build(args: list[str]) -> ArJepaCLI:
 def test_every_config_parses_and_instantiates(config, tmp_path, demo_manifests):
     args = ["--config", str(config), *ON_CPU, "--trainer.default_root_dir", str(tmp_path)]
     if "data_modules.VideoDataModule" in config.read_text():  # video data: the small test demo set
-        args += ["--data.train_manifest", str(demo_manifests.train)]
+        wrapped = "arjepa_pl.evaluation.FrozenFeatureData" in config.read_text()  # probes: the feature cache's data
+        args += ["--data.data.train_manifest" if wrapped else "--data.train_manifest", str(demo_manifests.train)]
     if config.name in LARGE:
         with torch.device("meta"):
             cli = build(args)

@@ -13,7 +13,14 @@ from torch.utils.data import DataLoader
 
 from arjepa_pl.callbacks import CollapseMonitor
 from arjepa_pl.cli import ArJepaCLI
-from arjepa_pl.feature_stats import normalized_std, rankme, vicreg_covariance, vicreg_variance
+from arjepa_pl.feature_stats import (
+    normalized_std,
+    rankme,
+    reverse_playback_similarity,
+    vicreg_covariance,
+    vicreg_variance,
+    within_clip_share,
+)
 from arjepa_pl.masks import MaskCollator
 from arjepa_pl.models import VisionTransformer
 from arjepa_pl.objectives import JEPA
@@ -74,6 +81,33 @@ def test_normalized_std_isotropic_about_one_collapsed_zero():
     assert normalized_std(torch.randn(4096, 128, generator=g)) == pytest.approx(1.0, abs=0.05)
     one_direction = torch.randn(1, 128, generator=g).expand(512, -1) * torch.rand(512, 1, generator=g)
     assert normalized_std(one_direction) < 1e-3
+
+
+def test_within_clip_share_is_zero_for_one_code_per_clip_and_splits_the_variance():
+    g = torch.Generator().manual_seed(0)
+    codes = torch.randn(8, 1, 32, generator=g)
+    # Every token of a clip the same (the clip-code shortcut): no variance within clips.
+    assert within_clip_share(codes.expand(-1, 64, -1)) == pytest.approx(0.0, abs=1e-6)
+    assert within_clip_share(torch.randn(1, 64, 32, generator=g).expand(8, -1, -1)) == pytest.approx(1.0)
+    tokens = torch.randn(8, 64, 32, generator=g)
+    # Zero-mean noise in every clip with mean squared norm 0.25 * D, on clip codes of mean squared norm D
+    # around their mean: within / total = 0.25 / 1.25 exactly (the law of total variance).
+    noise = tokens - tokens.mean(1, keepdim=True)
+    noise = noise * (0.25 * 32 / noise.pow(2).sum(-1).mean()).sqrt()
+    centred = codes - codes.mean(0)
+    centred = centred * (32 / centred.pow(2).sum(-1).mean()).sqrt()
+    assert within_clip_share(centred + noise) == pytest.approx(0.2, rel=1e-4)
+    with pytest.raises(ValueError, match=r"\[B, N, D\] of B >= 2 clips"):
+        within_clip_share(tokens[0])
+
+
+def test_reverse_playback_similarity_is_one_for_order_blind_features_and_near_zero_for_unrelated_ones():
+    g = torch.Generator().manual_seed(0)
+    tokens = torch.randn(16, 32, 24, generator=g)
+    assert reverse_playback_similarity(tokens, tokens.flip(1)) == pytest.approx(1.0)  # same tokens, other order
+    assert abs(reverse_playback_similarity(tokens, torch.randn(16, 32, 24, generator=g))) < 0.2
+    with pytest.raises(ValueError, match="differ in shape"):
+        reverse_playback_similarity(tokens, tokens[:, :8])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -214,6 +248,25 @@ def test_monitor_stays_quiet_on_a_healthy_model_and_keeps_its_state(tmp_path):
     restored = CollapseMonitor()
     restored.load_state_dict(monitor.state_dict())
     assert restored.early_rankme == monitor.early_rankme and restored.alarm is None
+
+
+def test_monitor_logs_within_clip_share_and_reverse_playback_of_a_jepa(tmp_path):
+    from data_modules import MovingShapesDataModule
+
+    data = MovingShapesDataModule(train_clips=8, val_clips=4, test_clips=4, frames_per_clip=4, crop_size=16,
+                                  batch_size=4, num_workers=0)
+    monitor = CollapseMonitor(every_n_steps=1)
+    L.Trainer(accelerator="cpu", max_steps=2, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+              enable_model_summary=False, default_root_dir=tmp_path, callbacks=[monitor],
+              limit_val_batches=0).fit(tiny_jepa(), datamodule=data)
+    first = monitor.history[0]
+    assert 0 < first["collapse/target_within_clip"] < 1 and 0 < first["collapse/context_within_clip"] < 1
+    assert -1 <= first["collapse/target_reverse_sim"] <= 1
+    assert "collapse/context_reverse_sim" not in first  # by default only the teacher's full-clip features
+    with pytest.raises(ValueError, match=r"reverse_playback names \['teacher'\]"):
+        L.Trainer(accelerator="cpu", max_steps=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                  enable_model_summary=False, default_root_dir=tmp_path, limit_val_batches=0,
+                  callbacks=[CollapseMonitor(reverse_playback=["teacher"])]).fit(tiny_jepa(), datamodule=data)
 
 
 def test_alarm_rules_per_statistic():

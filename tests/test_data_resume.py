@@ -10,7 +10,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from torch.utils.data import Dataset, default_collate
 
 from arjepa_pl.masks import MaskCollator
-from data_modules import ClipSampler, ResumableDataLoader, VideoDataModule, streaming
+from data_modules import ClipSampler, MovingShapesDataModule, ResumableDataLoader, VideoDataModule, streaming
 from data_modules.shards import pack
 from data_modules.streaming import ShardClipStream, StreamingVideoDataModule
 
@@ -67,6 +67,8 @@ CASES = {
     "mixture": (lambda m, s: VideoDataModule(train_manifest=[str(m.train), str(m.val)], mix_weights=[1, 2],
                                              iterations_per_epoch=5, **CLIP), 5, 3),
     "shards": (lambda m, s: StreamingVideoDataModule(train_shards=s, **CLIP), 6, 5),  # the 2 workers rotate
+    "moving_shapes": (lambda m, s: MovingShapesDataModule(train_clips=12, val_clips=4, test_clips=4, frames_per_clip=4,
+                                                          crop_size=32, batch_size=2, num_workers=2), 6, 8),
 }
 
 

@@ -79,9 +79,10 @@ def fit(module, probe, tmp_path, steps, ckpt_path=None, **trainer_args):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("method", ["linear", "knn"])
-def test_probe_learns_what_the_features_encode(tmp_path, method):
-    probe = OnlineProbe(TASKS, method=method, lr=0.05, k=5, bank_size=128)
+@pytest.mark.parametrize("method, pooling", [("linear", "mean"), ("knn", "mean"), ("linear", "attentive")])
+def test_probe_learns_what_the_features_encode(tmp_path, method, pooling):
+    probe = OnlineProbe(TASKS, method=method, pooling=pooling, lr=0.05 if pooling == "mean" else 1e-2, k=5,
+                        bank_size=128)
     trainer = fit(FixedEncoder(n=128), probe, tmp_path, steps=48)
     metrics = trainer.callback_metrics
     for task in ("a", "b"):
@@ -155,12 +156,20 @@ def test_features_carry_no_gradient():
     # Several views per clip ([B, V, C, H, W]) are pooled together: one feature per clip.
     views, _ = probe.features(trainer, {"image": batch["image"][:, None].expand(-1, 2, -1, -1, -1), "label": labels})
     torch.testing.assert_close(views, features)
+    # The attentive heads read every token of every view.
+    attentive = OnlineProbe(TASKS, pooling="attentive")
+    attentive.setup(None, module, "fit")
+    attentive.on_fit_start(None, module)
+    two_views = {"image": batch["image"][:, None].expand(-1, 2, -1, -1, -1), "label": labels}
+    tokens, _ = attentive.features(trainer, two_views)
+    assert tokens.shape == (8, 2 * 4, 32) and not tokens.requires_grad
+    assert [head.linear.out_features for head in attentive.head] == [3, 4]
 
 
-@pytest.mark.parametrize("method", ["linear", "knn"])
-def test_resume_continues_exactly(tmp_path, method):
+@pytest.mark.parametrize("method, pooling", [("linear", "mean"), ("knn", "mean"), ("linear", "attentive")])
+def test_resume_continues_exactly(tmp_path, method, pooling):
     def probe():
-        return OnlineProbe(TASKS, method=method, lr=0.05, k=3, bank_size=24)
+        return OnlineProbe(TASKS, method=method, pooling=pooling, lr=0.05, k=3, bank_size=24)
 
     straight = probe()
     fit(FixedEncoder(), straight, tmp_path / "straight", steps=8)
@@ -254,5 +263,9 @@ def test_bad_arguments_are_refused():
         OnlineProbe(TASKS, method="knn", k=10, bank_size=5)
     with pytest.raises(ValueError, match="method"):
         OnlineProbe(TASKS, method="svm")
+    with pytest.raises(ValueError, match="pooling must be 'mean' or 'attentive', got 'max'"):
+        OnlineProbe(TASKS, pooling="max")
+    with pytest.raises(ValueError, match="knn.*use pooling 'mean'"):
+        OnlineProbe(TASKS, method="knn", pooling="attentive")
     with pytest.raises(ValueError, match="layer 5 does not exist"):
         OnlineProbe(TASKS, layer=5).setup(None, FixedEncoder(), "fit")

@@ -2,10 +2,14 @@
 
 Collapse (every input mapped to nearly the same vector) makes a JEPA loss look *good*, so the loss
 cannot reveal it. What does reveal it is the geometry of the features: their effective rank (RankMe)
-and their per-dimension spread. Every `every_n_steps` optimizer steps this callback runs the model on
-one batch it holds from the start of training (so successive measurements are comparable), logs
-both statistics for each feature set, and when one falls past its threshold it warns once, with what
-to change, and can save a checkpoint and stop the run.
+and their per-dimension spread. For video token features it also logs the share of their variance that
+lies within clips and how much playing a clip backwards changes them: a JEPA can settle on one code per
+clip — every token carrying the clip's appearance, blind to where and when things happen — which
+keeps RankMe and the spread up yet makes the features useless for motion. Every `every_n_steps`
+optimizer steps this callback runs the model on one batch it holds from the start of training (so
+successive measurements are comparable), logs these statistics for each feature set, and when
+RankMe or the spread falls past its threshold it warns once, with what to change, and can save a
+checkpoint and stop the run.
 
 Any LightningModule works that implements the protocol below (the JEPA objective does; others can).
 """
@@ -22,7 +26,7 @@ import torch
 from lightning.pytorch.utilities import rank_zero_warn
 from lightning_utilities.core.apply_func import apply_to_collection
 
-from arjepa_pl.feature_stats import as_rows, normalized_std, rankme
+from arjepa_pl.feature_stats import as_rows, normalized_std, rankme, reverse_playback_similarity, within_clip_share
 
 COLLAPSE_DOCS = "docs/collapse.md"
 
@@ -44,7 +48,9 @@ class ExposesCollapseFeatures(Protocol):
 
 
 class CollapseMonitor(L.Callback):
-    """Logs `collapse/{name}_rankme` and `collapse/{name}_std` for every feature set the module exposes.
+    """Logs `collapse/{name}_rankme` and `collapse/{name}_std` for every feature set the module exposes,
+    `collapse/{name}_within_clip` for those shaped [B, N, D] (per-clip tokens, arjepa_pl.feature_stats.
+    within_clip_share), and `collapse/{name}_reverse_sim` for those named in `reverse_playback`.
 
     Args:
         every_n_steps: measure before optimizer step 0 and then every this many steps.
@@ -55,6 +61,11 @@ class CollapseMonitor(L.Callback):
         early_steps: the window, in optimizer steps from the start, that defines the early RankMe.
         watch_rankme / watch_std: feature names whose RankMe / std the alarm looks at (None: the
             module's `collapse_watch`, or else every name it returns); the rest is only logged.
+        reverse_playback: feature sets whose reverse-playback similarity is logged (video batches only):
+            the module's features of the held clips played backwards against those of the clips
+            (arjepa_pl.feature_stats.reverse_playback_similarity; ~1: blind to the order of frames).
+            Costs a second pass of the module. None: "target" if the module returns it (a JEPA's
+            teacher features of every token), else none; []: none.
         max_rows: feature vectors used per measurement, a fixed subset (RankMe costs an SVD of max_rows x D).
         stop_on_alarm: on alarm, save a checkpoint and stop the run.
         checkpoint_dir: where that checkpoint goes (None: the ModelCheckpoint's folder, else
@@ -69,6 +80,7 @@ class CollapseMonitor(L.Callback):
         early_steps: int = 0,
         watch_rankme: Optional[Sequence[str]] = None,
         watch_std: Optional[Sequence[str]] = None,
+        reverse_playback: Optional[Sequence[str]] = None,
         max_rows: int = 4096,
         stop_on_alarm: bool = False,
         checkpoint_dir: Optional[str] = None,
@@ -85,6 +97,7 @@ class CollapseMonitor(L.Callback):
             raise ValueError(f"max_rows must be >= 2, got {max_rows}")
         self.every_n_steps, self.rank_fraction, self.std_floor = every_n_steps, rank_fraction, std_floor
         self.early_steps, self.max_rows = early_steps, max_rows
+        self.reverse_playback = None if reverse_playback is None else tuple(reverse_playback)
         self.watch = {"rankme": None if watch_rankme is None else tuple(watch_rankme),
                       "std": None if watch_std is None else tuple(watch_std)}
         self._watch = dict(self.watch)  # what the alarm looks at: `watch_*`, or the module's choice (setup)
@@ -143,20 +156,44 @@ class CollapseMonitor(L.Callback):
     # -- measurement -------------------------------------------------------------------------------
     @torch.no_grad()
     def measure(self, trainer: L.Trainer, pl_module: L.LightningModule) -> dict[str, float]:
-        was_training = pl_module.training
-        pl_module.eval()
-        try:
-            with trainer.precision_plugin.forward_context():
-                # setup() checked that the module has collapse_features.
-                features = cast(ExposesCollapseFeatures, pl_module).collapse_features(self._held)
-        finally:
-            pl_module.train(was_training)
+        features = self._features(trainer, pl_module, self._held)
         metrics = {}
         for name, value in features.items():
             rows = self._subset(as_rows(value))
             metrics[f"collapse/{name}_rankme"] = rankme(rows)
             metrics[f"collapse/{name}_std"] = normalized_std(rows)
+            if value.ndim == 3 and value.shape[0] >= 2:
+                metrics[f"collapse/{name}_within_clip"] = within_clip_share(value)
+        metrics.update(self.measure_reverse_playback(trainer, pl_module, features))
         return metrics
+
+    @torch.no_grad()
+    def measure_reverse_playback(self, trainer: L.Trainer, pl_module: L.LightningModule,
+                                 features: Mapping[str, torch.Tensor]) -> dict[str, float]:
+        video = self._held.get("video") if isinstance(self._held, dict) else None
+        names = self.reverse_playback
+        if names is None:
+            names = ("target",) if "target" in features else ()
+        if not names or video is None or video.ndim != 5 or video.shape[0] < 2:
+            return {}  # images, or several views per clip: no single time axis to reverse
+        missing = [name for name in names if name not in features]
+        if missing:
+            raise ValueError(f"CollapseMonitor: reverse_playback names {missing}, but {type(pl_module).__name__} "
+                             f"returns the features {sorted(features)}")
+        backward = self._features(trainer, pl_module, {**self._held, "video": video.flip(2)})  # [B, C, T, H, W]
+        return {f"collapse/{name}_reverse_sim": reverse_playback_similarity(features[name], backward[name])
+                for name in names}
+
+    @staticmethod
+    def _features(trainer: L.Trainer, pl_module: L.LightningModule, batch: Any) -> Mapping[str, torch.Tensor]:
+        was_training = pl_module.training
+        pl_module.eval()
+        try:
+            with trainer.precision_plugin.forward_context():
+                # setup() checked that the module has collapse_features.
+                return cast(ExposesCollapseFeatures, pl_module).collapse_features(batch)
+        finally:
+            pl_module.train(was_training)
 
     def _subset(self, rows: torch.Tensor) -> torch.Tensor:
         if rows.shape[0] <= self.max_rows:

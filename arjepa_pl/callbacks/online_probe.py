@@ -3,8 +3,11 @@
 A falling pretraining loss says little about the representation (a JEPA loss even falls when it
 collapses). What the frozen probes measure after training can be watched during it, at a small cost:
 every `every_n_steps` training batches this callback reads the encoder's features of the batch through
-the objective's FeatureExtractor (no grad: the objective's training is untouched), mean-pools them
-and trains a detached linear head of its own on them (or adds them to a kNN memory bank). At every
+the objective's FeatureExtractor (no grad: the objective's training is untouched) and trains detached
+heads of its own on them: a linear head on the mean-pooled features, or V-JEPA's attentive probe on the
+tokens, which keeps where and when things happen (a mean over tokens cannot show motion: on an AR pixel
+encoder whose frozen attentive probe reads motion direction at 94 %, a linear probe on its mean-pooled
+features read chance); or adds mean-pooled features to a kNN memory bank. At every
 validation it classifies the validation clips and logs `online_probe/<task>/acc` and
 `online_probe/<task>/train_acc` (the head's accuracy on the training batches it saw since the last
 validation, before each update), summed over ranks.
@@ -29,6 +32,7 @@ from torch.distributed.tensor import DTensor
 from arjepa_pl.evaluation.multiview import flatten_views
 from arjepa_pl.evaluation.tasks import ProbeTask, as_tasks
 from arjepa_pl.models.features import FeatureExtractor
+from arjepa_pl.models.probes import AttentiveClassifier
 from arjepa_pl.optim import decay_groups
 
 
@@ -38,13 +42,16 @@ class OnlineProbe(L.Callback):
     Args:
         tasks: what to predict from each clip's label (arjepa_pl.evaluation.ProbeTask: name, num_classes,
             divisor, modulo; e.g. the demo set's shape and direction).
-        method: "linear": one linear head per task, trained with AdamW on the probed training batches;
-            "knn": cosine kNN over a memory bank of the most recent probed training clips.
+        method: "linear": one head per task, trained with AdamW on the probed training batches;
+            "knn": cosine kNN over a memory bank of the most recent probed training clips (mean pooling).
+        pooling: what the linear method's heads read. "mean": a linear layer on the tokens' mean;
+            "attentive": V-JEPA's attentive probe (arjepa_pl.models.probes.AttentiveClassifier, one per
+            task, the encoder's head count) on the tokens of every view.
         every_n_steps: probe every this many training batches (1: all of them).
         layer: the encoder block whose output is read (-1: the last).
-        lr / weight_decay: the linear heads' AdamW (weight decay on the weights only). The features are
-            normalised to unit scale, and a monitor gets few updates (every_n_steps 10 over 300 steps: 30),
-            so the rate is high for AdamW.
+        lr / weight_decay: the heads' AdamW (weight decay on the weights only). None: 1e-2 for mean
+            pooling (the features are normalised to unit scale, and a monitor gets few updates, so the rate
+            is high for AdamW), 1e-3 for attentive heads (V-JEPA's probe rate).
         k / temperature: kNN neighbours, and the temperature of their vote weights exp(cosine / temperature).
         bank_size: clips the kNN bank holds (a ring buffer: the oldest are replaced).
         seed: initialisation of the linear heads (from its own generator: the run's random stream is untouched).
@@ -54,9 +61,10 @@ class OnlineProbe(L.Callback):
         self,
         tasks: Sequence[ProbeTask],
         method: Literal["linear", "knn"] = "linear",
+        pooling: Literal["mean", "attentive"] = "mean",
         every_n_steps: int = 1,
         layer: int = -1,
-        lr: float = 1e-2,
+        lr: Optional[float] = None,
         weight_decay: float = 1e-4,
         k: int = 20,
         temperature: float = 0.07,
@@ -66,21 +74,28 @@ class OnlineProbe(L.Callback):
         self.tasks = as_tasks(tasks, "OnlineProbe")
         if method not in ("linear", "knn"):
             raise ValueError(f"method must be 'linear' or 'knn', got {method!r}")
+        if pooling not in ("mean", "attentive"):
+            raise ValueError(f"pooling must be 'mean' or 'attentive', got {pooling!r}")
+        if method == "knn" and pooling != "mean":
+            raise ValueError(f"method 'knn' votes with mean-pooled features: use pooling 'mean', got {pooling!r}")
         if every_n_steps < 1:
             raise ValueError(f"every_n_steps must be >= 1, got {every_n_steps}")
+        if lr is None:
+            lr = 1e-2 if pooling == "mean" else 1e-3
         if lr <= 0 or weight_decay < 0:
             raise ValueError(f"lr must be > 0 and weight_decay >= 0, got {lr}, {weight_decay}")
         if k < 1 or bank_size < k or temperature <= 0:
             raise ValueError(f"need k >= 1, bank_size >= k and temperature > 0, got k={k}, "
                              f"bank_size={bank_size}, temperature={temperature}")
-        self.method, self.every_n_steps, self.layer = method, every_n_steps, layer
+        self.method, self.pooling, self.every_n_steps, self.layer = method, pooling, every_n_steps, layer
         self.lr, self.weight_decay, self.seed = lr, weight_decay, seed
         self.k, self.temperature, self.bank_size = k, temperature, bank_size
         self.num_classes = [task.num_classes for task in self.tasks]
         # Saved in checkpoints (state_dict), so a resumed run continues exactly.
         self.batches_seen = 0  # training batches seen, probed or not: picks every n-th
         self.probe_steps = 0  # training batches probed
-        self.head: Optional[nn.Linear] = None  # linear: all tasks' logits side by side
+        # linear: nn.Linear with all tasks' logits side by side (mean), or one AttentiveClassifier per task
+        self.head: Optional[nn.Module] = None
         self.optimizer: Optional[torch.optim.Optimizer] = None
         self.bank: Optional[torch.Tensor] = None  # knn: [bank_size, D] unit-norm features
         self.bank_labels: Optional[torch.Tensor] = None  # [bank_size] labels, -1 where empty
@@ -104,7 +119,11 @@ class OnlineProbe(L.Callback):
             # Its own generator state: building the head must not shift the run's random numbers.
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(self.seed)
-                self.head = nn.Linear(dim, sum(self.num_classes))
+                if self.pooling == "mean":
+                    self.head = nn.Linear(dim, sum(self.num_classes))
+                else:
+                    heads = extractor.encoder.num_heads
+                    self.head = nn.ModuleList(AttentiveClassifier(dim, n, heads) for n in self.num_classes)
             decay, no_decay = decay_groups(self.head)
             self.optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": self.weight_decay},
                                                 {"params": no_decay, "weight_decay": 0.0}], lr=self.lr)
@@ -175,13 +194,15 @@ class OnlineProbe(L.Callback):
     # -- features ----------------------------------------------------------------------------------
     @torch.no_grad()
     def features(self, trainer: L.Trainer, batch: Any) -> tuple[torch.Tensor, torch.Tensor]:
-        """(pooled features [B, D] in float32, labels [B]) of a batch, read as the objective was trained.
+        """(what the heads read, in float32; labels [B]) of a batch, read as the objective was trained.
 
-        Tokens are mean-pooled (over views too, for [B, V, ...] batches) and normalised without
-        learnt parameters (F.layer_norm): the encoder's feature scale drifts during pretraining and
-        differs between objectives, so a head with a fixed learning rate would chase it. The frozen
-        linear probe's BatchNorm (arjepa_pl.models.probes) would do too for fixed features, but its
-        running statistics would lag a moving encoder and differ between DDP ranks; this has none.
+        Mean pooling: tokens are mean-pooled (over views too, for [B, V, ...] batches) into [B, D] and
+        normalised without learnt parameters (F.layer_norm): the encoder's feature scale drifts during
+        pretraining and differs between objectives, so a head with a fixed learning rate would chase it.
+        The frozen linear probe's BatchNorm (arjepa_pl.models.probes) would do too for fixed features,
+        but its running statistics would lag a moving encoder and differ between DDP ranks; this has
+        none. Attentive pooling: the tokens of all views [B, V * N, D] (the head's own LayerNorm
+        normalises them).
         """
         extractor = self._extractor
         assert extractor is not None, "on_fit_start sets the feature extractor"
@@ -204,7 +225,10 @@ class OnlineProbe(L.Callback):
         finally:
             for module, training in modes:  # each module as it was (the objective may keep some in eval)
                 module.training = training
-        pooled = tokens.float().reshape(B, -1, tokens.shape[-1]).mean(1)
+        tokens = tokens.float().reshape(B, -1, tokens.shape[-1])
+        if self.pooling == "attentive":
+            return tokens, labels.long()
+        pooled = tokens.mean(1)
         return F.layer_norm(pooled, pooled.shape[-1:]), labels.long()
 
     def _targets(self, labels: torch.Tensor) -> list[torch.Tensor]:
@@ -222,14 +246,21 @@ class OnlineProbe(L.Callback):
             return self.knn_logits(features)
         assert self.head is not None  # built in setup("fit") for the linear method
         with torch.no_grad():
-            return list(self.head(features).split(self.num_classes, dim=-1))
+            return self._head_logits(features)
+
+    def _head_logits(self, features: torch.Tensor) -> list[torch.Tensor]:
+        head = self.head
+        assert head is not None  # built in setup("fit") for the linear method
+        if isinstance(head, nn.ModuleList):  # attentive pooling: one classifier per task
+            return [classifier(features) for classifier in head]
+        return list(head(features).split(self.num_classes, dim=-1))
 
     def _linear_step(self, features: torch.Tensor, targets: list[torch.Tensor]) -> torch.Tensor:
         head, optimizer = self.head, self.optimizer
         assert head is not None and optimizer is not None  # built in setup("fit") for the linear method
         with torch.enable_grad():
-            logits = head(features).split(self.num_classes, dim=-1)
-            # Summed over tasks: each task's rows of the head only get its own loss's gradient.
+            logits = self._head_logits(features)
+            # Summed over tasks: each task's head (rows of the linear one) only gets its own loss's gradient.
             # (A sum of tensors: there is at least one task.)
             loss = cast(torch.Tensor, sum(F.cross_entropy(lg, y) for lg, y in zip(logits, targets)))
             optimizer.zero_grad(set_to_none=True)
@@ -311,8 +342,12 @@ class OnlineProbe(L.Callback):
 
     # -- checkpointed state ------------------------------------------------------------------------
     def _signature(self) -> dict:
-        return {"method": self.method, "tasks": [(t.name, t.num_classes, t.divisor, t.modulo) for t in self.tasks],
-                "layer": self.layer}
+        signature: dict[str, Any] = {
+            "method": self.method, "tasks": [(t.name, t.num_classes, t.divisor, t.modulo) for t in self.tasks],
+            "layer": self.layer}
+        if self.pooling != "mean":  # (checkpoints from before pooling existed keep their signature)
+            signature["pooling"] = self.pooling
+        return signature
 
     def state_dict(self) -> dict:
         state = {"signature": self._signature(), "batches_seen": self.batches_seen, "probe_steps": self.probe_steps}

@@ -1,68 +1,72 @@
-"""`python -m arjepa_pl compare --config configs/compare.yaml`: AR vs JEPA on equal terms.
+"""`python -m arjepa_pl compare --config configs/compare.yaml`: AR vs JEPA on equal terms, and the
+claims made about them tested.
 
-For every seed, each objective is pretrained from its own config with the same backbone, data,
-optimiser and number of steps (checked before anything runs: a difference is an error naming it);
-then the same frozen probe (one config, one set of tasks and layers) is trained on each pretrained
-encoder, and on a randomly initialised encoder of the same architecture (the floor). The results
-go to the output directory: results.csv (one row per objective, seed, task and layer), results.md
-(mean +- std over seeds of the last and the best layer, training FLOPs counted with
-torch.utils.flop_counter, wall time), results.png, and a W&B run (offline without a key).
+For every seed and data condition (e.g. with and without unpredictable nuisance), each objective is
+pretrained from its own config with the same backbone, data, optimiser and number of steps (checked
+before anything runs: a difference is an error naming it). Then every probe stage reads the frozen
+encoders: a classification probe on every checkpoint the pretraining saved (accuracy against training
+FLOPs), a pixel decoder on the last, the AR models' rollouts; the same probes read a randomly
+initialised encoder of the same architecture (the floor). Results go to the output directory:
+results.csv (every number), results.md (accuracy table with intervals, FLOPs, wall time, decoder and
+rollout tables, and the claims table: arjepa_pl.evaluation.claims), accuracy_vs_flops.png, and a W&B
+run (offline without a key).
 
-Every run is an ordinary `python -m arjepa_pl fit` in its own directory (the commands are printed and
-kept in commands.txt), so a run is reproducible by hand, resumes from its last checkpoint when the
-comparison is restarted, and is skipped once its summary.json says it is complete. `--stage` and
-`--only` split the work, e.g. one SLURM array task per run and a last job for the report.
+Every run is an ordinary `python -m arjepa_pl fit` (or `predict`) in its own directory (the commands
+are printed and kept in commands.txt, their wall and CPU time in timings.jsonl), so a run is
+reproducible by hand, resumes from its last checkpoint when the comparison is restarted, and is
+skipped once it is complete. `--stage` and `--only` split the work, e.g. one SLURM array task per run
+and a last job for the report; `--dry_run` prints the plan with a time estimate from measured costs
+(arjepa_pl.evaluation.compare_costs).
 """
 
 import inspect
 import json
-import os
-import shlex
-import subprocess
+import math
+import shutil
 import sys
 import time
-from dataclasses import dataclass, field
+from collections.abc import Callable
 from pathlib import Path
 from typing import Literal, Optional, Sequence
 from unittest.mock import patch
 
 from jsonargparse import ActionConfigFile, ArgumentParser, Namespace
 
-from arjepa_pl.checkpoints import find_resume_checkpoint
-from arjepa_pl.evaluation.report import ProbeResult, write_report
+from arjepa_pl.evaluation.claims import ClaimRoles
+from arjepa_pl.evaluation.compare_costs import estimate
+from arjepa_pl.evaluation.compare_exec import JobRunner
+from arjepa_pl.evaluation.compare_plan import (
+    OPTIMIZER_KEYS,
+    RANDOM_INIT,
+    RUN_SUMMARY,
+    Condition,
+    Job,
+    Pretraining,
+    ProbeStage,
+    Run,
+    check_names,
+    check_run_arguments,
+    choose_checkpoints,
+    command_line,
+    config_checkpoint_every,
+    data_args,
+    data_prefix,
+    extra_checkpoints,
+    fit_command,
+    job_done,
+    objective_args,
+    planned_steps,
+    saved_checkpoints,
+    unfinished,
+    with_seed,
+)
+from arjepa_pl.evaluation.report import collect, write_report
 
-SUMMARY = "summary.json"
-RUN_SUMMARY = "--trainer.callbacks+=arjepa_pl.callbacks.RunSummary"
 # What must be identical across the objectives' resolved configs for the comparison to be fair.
 MUST_MATCH = ("model.init_args.encoder", "data", "trainer.max_steps", "trainer.accumulate_grad_batches",
               "trainer.precision", "trainer.devices", "trainer.num_nodes")
-OPTIMIZER_KEYS = ("lr", "start_lr", "final_lr", "warmup_steps", "weight_decay", "final_weight_decay", "betas", "eps")
 
-
-@dataclass
-class Pretraining:
-    """One objective of the comparison.
-
-    Args:
-        name: its name in the results.
-        config: its pretraining config (python -m arjepa_pl fit --config CONFIG).
-        args: extra command-line overrides for it alone; "{seed}" is replaced by the seed.
-    """
-
-    name: str
-    config: str
-    args: list[str] = field(default_factory=list)
-
-
-@dataclass
-class Run:
-    objective: str
-    seed: int
-    directory: Path
-
-    @property
-    def name(self) -> str:
-        return f"{self.objective}/seed{self.seed}"
+__all__ = ["Condition", "Pretraining", "ProbeStage", "check_fairness", "compare", "main", "resolved_config"]
 
 
 def plain(value):
@@ -112,202 +116,278 @@ def check_fairness(configs: dict[str, Namespace], extra_keys: tuple[str, ...] = 
                          + "\n".join(problems) + "\nset them in the comparison's pretrain_args / optimizer")
 
 
-def is_complete(directory: Path, stage: str, min_step: int = 0) -> bool:
-    try:
-        summary = json.loads((directory / SUMMARY).read_text())
-    except (OSError, ValueError):
-        return False
-    return summary.get("stage") == stage and summary.get("global_step", 0) >= min_step
-
-
-def require_complete(directory: Path, stage: str, min_step: int, dry_run: bool) -> None:
-    """A run that exited without finishing (pre-empted: its SLURM job is being requeued) stops the
-    comparison, which resumes it when started again."""
-    if not dry_run and not is_complete(directory, stage, min_step):
-        raise RuntimeError(f"{directory} exited before finishing (pre-empted?); start the comparison again "
-                           "to resume it from its last checkpoint")
-
-
-def execute(command: list[str], log_path: Path, record: Path, dry_run: bool) -> None:
-    """Run one command with its output appended to log_path and the command line to `record`; an
-    error names the command and shows the end of its log."""
-    line = shlex.join(command)
-    print(f"$ {line}", flush=True)
-    if dry_run:
-        return
-    log_path.parent.mkdir(parents=True, exist_ok=True)
-    with open(record, "a") as f:
-        f.write(line + "\n")
-    with open(log_path, "a") as log:
-        code = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT).returncode
-    if code:
-        tail = "".join(log_path.read_text(errors="replace").splitlines(keepends=True)[-30:])
-        raise RuntimeError(f"command failed (exit {code}): {line}\n--- end of {log_path} ---\n{tail}")
-
-
-def check_run_arguments(command: str, objectives: Sequence[Pretraining], reserved: Sequence[str],
-                        seeds: Sequence[int], steps: int, optimizer: Optional[dict], evaluation_config: str) -> None:
-    """What compare and plan_benchmark refuse before running anything: no objective, names that clash
-    (with each other, with a baseline's `reserved` name, or holding '/', the run separator), seeds not
-    distinct, no steps, an optimiser key the fairness check does not cover, a config that is not there."""
-    if not objectives:
-        raise ValueError(f"{command} needs at least one objective")
-    names = [o.name for o in objectives]
-    if len(set(names)) != len(names) or set(names) & set(reserved) or any("/" in n for n in names):
-        raise ValueError(f"objective names must be distinct, without '/', and not {list(reserved)}: {names}")
-    if not seeds or len(set(seeds)) != len(seeds):
-        raise ValueError(f"seeds must be distinct and at least one, got {list(seeds)}")
-    if steps < 1:
-        raise ValueError(f"steps must be >= 1, got {steps}")
-    unknown = set(optimizer or {}) - set(OPTIMIZER_KEYS)
-    if unknown:
-        raise ValueError(f"unknown optimizer keys {sorted(unknown)}; use {', '.join(OPTIMIZER_KEYS)}")
-    for path in [evaluation_config] + [o.config for o in objectives]:
-        if not Path(path).is_file():
-            raise FileNotFoundError(f"config not found: {path} (paths are relative to {os.getcwd()})")
-
-
-def with_seed(args: Sequence[str], seed: int) -> list[str]:
-    """Command-line arguments with every `{seed}` replaced by the run's seed."""
-    return [a.replace("{seed}", str(seed)) for a in args]
-
-
-def fit_command(python: list[str], objective: Pretraining, run: Run, steps: int, pretrain_args: Sequence[str],
-                optimizer_args: Sequence[str]) -> list[str]:
-    """One objective's run as `fit` (`python`: launcher and interpreter up to `-m arjepa_pl`): the shared
-    arguments, the equal optimiser, the objective's own, then the run's seed, steps and directory,
-    resuming from its checkpoint when it has one."""
-    return [*python, "fit", "--config", objective.config, *with_seed(pretrain_args, run.seed), *optimizer_args,
-            *with_seed(objective.args, run.seed), f"--seed_everything={run.seed}", f"--trainer.max_steps={steps}",
-            f"--trainer.default_root_dir={run.directory}", RUN_SUMMARY, "--ckpt_path=last"]
-
-
-def train_runs(tag: str, runs: Sequence[Run], command, out: Path, steps: int, dry_run: bool) -> None:
-    """Trains each run that has not finished (its fit summary says so) with `command(run)`, one after
-    the other, stopping at a run that exits unfinished (pre-empted)."""
-    for run in runs:
-        if is_complete(run.directory, "fit", steps):
-            print(f"[{tag}] {run.name}: trained already ({run.directory / SUMMARY})")
-            continue
-        print(f"[{tag}] training {run.name}", flush=True)
-        execute(command(run), run.directory / "fit.log", out / "commands.txt", dry_run)
-        require_complete(run.directory, "fit", steps, dry_run)
-
-
 def compare(
     objectives: list[Pretraining],
-    probe_config: str,
+    probes: list[ProbeStage],
     out_dir: str = "runs/compare",
     seeds: Sequence[int] = (0, 1, 2),
     steps: int = 300,
+    checkpoint_every: Optional[int] = None,
+    conditions: Optional[list[Condition]] = None,
+    data: Optional[dict] = None,
     optimizer: Optional[dict] = None,
     pretrain_args: Sequence[str] = (),
-    probe_args: Sequence[str] = (),
     random_init_baseline: bool = True,
+    keep_feature_cache: bool = False,
+    claims: Optional[ClaimRoles] = None,
     launcher: Sequence[str] = (),
+    executor: Literal["subprocess", "in_process"] = "subprocess",
+    workers: int = 1,
+    threads: Optional[int] = None,
     stage: Literal["all", "pretrain", "probe", "report"] = "all",
     only: Optional[list[str]] = None,
     dry_run: bool = False,
+    costs: Optional[str] = None,
     wandb_project: Optional[str] = "arjepa_pl",
 ) -> Optional[Path]:
-    """Pretrain every objective for every seed, probe each frozen encoder, write the results.
+    """Pretrain every objective for every condition and seed, run every probe stage, write the results.
 
     Args:
-        objectives: the objectives compared (name, pretraining config, own extra args).
-        probe_config: the probe every encoder gets (python -m arjepa_pl fit --config PROBE_CONFIG).
-        out_dir: where runs and results go: OUT/<objective>/seed<S>/ (pretraining), .../probe/.
-        seeds: one pretraining + probe per objective and seed (>= 3 for a mean +- std worth reading).
+        objectives: the objectives compared (name, pretraining config, own args, conditions).
+        probes: the probe stages (name, kind probe/predict, config, args, checkpoints, objectives).
+        out_dir: where runs and results go: OUT/<objective>/<condition>/seed<S>/<stage>/step<N>/.
+        seeds: one pretraining per objective, condition and seed (>= 3 for a mean +- std worth reading).
         steps: optimizer steps of every pretraining (trainer.max_steps).
+        checkpoint_every: also save a checkpoint every this many steps, for stages that probe along
+            training (default: the pretraining configs' own checkpoints only).
+        conditions: data variants (name, data options); default: one, the configs' own data.
+        data: data module options of every run, pretraining and probes ("{seed}": the seed).
         optimizer: optimiser settings given to every objective (lr, start_lr, final_lr, warmup_steps,
             weight_decay, final_weight_decay, betas, eps).
         pretrain_args: command-line overrides for every pretraining run ("{seed}": the seed).
-        probe_args: command-line overrides for every probe run ("{seed}": the seed).
         random_init_baseline: also probe a randomly initialised encoder of the same architecture.
+        keep_feature_cache: keep each run's cached probe features (<run>/feature_cache) after its probes.
+        claims: which objectives, conditions and stages test which claim (arjepa_pl.evaluation.claims).
         launcher: put before every run's command, e.g. ["srun", "--ntasks-per-node=8"] inside a SLURM
             allocation (one task per GPU); empty: run it directly (Lightning starts its own processes).
+        executor: "subprocess" (every run a fresh `python -m arjepa_pl`) or "in_process" (the runs one
+            after another in this process: no start-up of an interpreter per run, for many short
+            single-device runs; not with a launcher or several devices).
+        workers: jobs run at a time (in_process: in that many spawned processes); a run's probes start
+            when its pretraining is done.
+        threads: torch threads per job (default: torch's; 1 with as many workers as cores).
         stage: "all"; or only "pretrain", "probe" (needs the pretrained runs) or "report".
-        only: run only these runs ("vjepa" or "vjepa/seed0"; "random_init" for the baseline).
-        dry_run: print the commands and check the configs; run nothing.
+        only: run only these runs ("vjepa", "vjepa/clean", "vjepa/clean/seed0"; "random_init" for the baseline).
+        dry_run: print the plan, its commands and a time estimate, and check the configs; run nothing.
+        costs: measured costs for the dry run's estimate (default: bench/results/compare_costs.json).
         wandb_project: W&B project of the results run (null: no W&B).
     """
-    check_run_arguments("compare", objectives, ("random_init",), seeds, steps, optimizer, probe_config)
+    conditions = list(conditions or [Condition("")])
+    check_run_arguments("compare", objectives, (RANDOM_INIT,), seeds, steps, optimizer,
+                        [p.config for p in probes if p.config])
     names = [o.name for o in objectives]
+    check_names("condition", [c.name for c in conditions], (RANDOM_INIT,))
+    check_names("probe stage", [p.name for p in probes], (RANDOM_INIT,))
+    condition_names = {c.name for c in conditions}
+    for o in objectives:
+        if o.conditions is not None and not set(o.conditions) <= condition_names:
+            raise ValueError(f"objective {o.name}: unknown conditions {sorted(set(o.conditions) - condition_names)}")
+    for p in probes:
+        if p.kind not in ("probe", "predict") or (p.kind == "probe") != (p.config is not None):
+            raise ValueError(f"probe stage {p.name}: kind 'probe' needs a config, kind 'predict' none "
+                             f"(got kind={p.kind!r}, config={p.config!r})")
+        if p.objectives is not None and not set(p.objectives) <= set(names) | {RANDOM_INIT}:
+            raise ValueError(f"probe stage {p.name}: unknown objectives {sorted(set(p.objectives) - set(names))}")
+        if p.conditions is not None and not set(p.conditions) <= condition_names:
+            raise ValueError(f"probe stage {p.name}: unknown conditions {sorted(set(p.conditions) - condition_names)}")
+    if checkpoint_every is not None and checkpoint_every < 1:
+        raise ValueError(f"checkpoint_every must be >= 1 (or null), got {checkpoint_every}")
+    if executor not in ("subprocess", "in_process"):
+        raise ValueError(f"executor must be 'subprocess' or 'in_process', got {executor!r}")
+    if executor == "in_process" and launcher:
+        raise ValueError(f"executor 'in_process' runs every run in this process: it cannot use launcher "
+                         f"{list(launcher)}")
+    in_process = executor == "in_process"
+    if workers < 1 or (threads is not None and threads < 1):
+        raise ValueError(f"workers and threads must be >= 1, got workers={workers}, threads={threads}")
     out = Path(out_dir)
-
-    optimizer_args = [f"--model.init_args.{k}={json.dumps(v)}" for k, v in (optimizer or {}).items()]
-
     python = [*launcher, sys.executable, "-m", "arjepa_pl"]
+    optimizer_args = [f"--model.init_args.{k}={json.dumps(v)}" for k, v in (optimizer or {}).items()]
+    by_name = {o.name: o for o in objectives}
+    by_condition = {c.name: c for c in conditions}
 
-    def pretrain_command(objective: Pretraining, run: Run) -> list[str]:
-        return fit_command(python, objective, run, steps, pretrain_args, optimizer_args)
+    def options(run: Run) -> dict:
+        return {**(data or {}), **by_condition[run.condition].data}
 
-    # Fairness first: every objective's resolved config (seed 0's) must agree where it matters.
-    resolved = {o.name: resolved_config(
-                    pretrain_command(o, Run(o.name, seeds[0], out / o.name / "check"))[len(python) + 1:-1])
-                for o in objectives}
-    check_fairness(resolved)
+    def pretrain_data(run: Run) -> list[str]:
+        return data_args("data.init_args.", options(run), run.seed)
+
+    def pretrain_command(run: Run) -> list[str]:
+        extra = [extra_checkpoints(checkpoint_every, run.directory / "checkpoints")] if checkpoint_every else []
+        return fit_command(python, by_name[run.objective], run, steps, pretrain_args, optimizer_args,
+                           pretrain_data(run), extra)
+
+    runs = [Run(o.name, seed, out / o.name / c.name / f"seed{seed}", c.name) for seed in seeds for c in conditions
+            for o in objectives if o.conditions is None or c.name in o.conditions]
+    baselines = [Run(RANDOM_INIT, seed, out / RANDOM_INIT / c.name / f"seed{seed}", c.name)
+                 for seed in seeds for c in conditions] if random_init_baseline else []
+
+    # Fairness first: in each condition, every objective's resolved config (first seed's) must agree.
+    resolved = {}
+    for c in conditions:
+        in_condition = {r.objective: r for r in runs if r.condition == c.name and r.seed == seeds[0]}
+        configs = {name: resolved_config(pretrain_command(run)[len(python) + 1:-1])
+                   for name, run in in_condition.items()}
+        check_fairness(configs)
+        resolved.update({name: config for name, config in configs.items() if name not in resolved})
+    if in_process and any((config.get("trainer.devices") not in (1, "1")) or
+                          (config.get("trainer.num_nodes") or 1) > 1 for config in resolved.values()):
+        raise ValueError("executor 'in_process' runs on one device; these runs use several (trainer.devices / "
+                         "num_nodes): use executor 'subprocess'")
     encoder = plain(resolved[names[0]].get("model.init_args.encoder"))
     random_encoder = ["--model.init_args.encoder_checkpoint=null", f"--model.init_args.encoder={json.dumps(encoder)}"]
+    every = checkpoint_every or config_checkpoint_every(resolved[names[0]])
 
-    def probe_command(run: Run, encoder_args: list[str]) -> list[str]:
-        return [*python, "fit", "--config", probe_config, *with_seed(probe_args, run.seed), *encoder_args,
-                f"--seed_everything={run.seed}", f"--trainer.default_root_dir={run.directory / 'probe'}",
-                RUN_SUMMARY, "--ckpt_path=last"]
+    probe_prefix = {p.name: data_prefix(p.config) for p in probes if p.config is not None}
 
-    # The probe's config is checked now too, not after hours of pretraining.
-    resolved_config(probe_command(Run("random_init", seeds[0], out / "check"), random_encoder)[len(python) + 1:-1])
+    def stage_command(job: Job) -> list[str]:
+        run, stage_ = job.run, job.stage
+        assert stage_ is not None, "a stage job has its stage"
+        if stage_.kind == "predict" or stage_.config is None:
+            objective = by_name[run.objective]
+            return [*python, "predict", *objective_args(objective, run.seed, pretrain_args, optimizer_args,
+                                                        pretrain_data(run)), *with_seed(stage_.args, run.seed),
+                    f"--trainer.default_root_dir={job.directory}", f"--ckpt_path={job.checkpoint}"]
+        encoder_args = random_encoder if run.objective == RANDOM_INIT else \
+            [f"--model.init_args.encoder_checkpoint={job.checkpoint}"]
+        cache = [f"--data.init_args.cache_dir={run.directory / 'feature_cache'}"] \
+            if probe_prefix[stage_.name] != "data.init_args." else []
+        return [*python, "fit", "--config", stage_.config, *with_seed(stage_.args, run.seed),
+                *data_args(probe_prefix[stage_.name], options(run), run.seed), *encoder_args, *cache,
+                f"--seed_everything={run.seed}", f"--trainer.default_root_dir={job.directory}", RUN_SUMMARY,
+                "--ckpt_path=last"]
 
-    runs = [Run(o.name, seed, out / o.name / f"seed{seed}") for seed in seeds for o in objectives]
-    baselines = ([Run("random_init", seed, out / "random_init" / f"seed{seed}") for seed in seeds]
-                 if random_init_baseline else [])
-
-    def selected(run: Run) -> bool:
-        return not only or run.objective in only or run.name in only
-
-    by_name = {o.name: o for o in objectives}
-    if stage in ("all", "pretrain"):
-        train_runs("compare", list(filter(selected, runs)), lambda run: pretrain_command(by_name[run.objective], run),
-                   out, steps, dry_run)
-
-    if stage in ("all", "probe"):
-        for run in filter(selected, runs + baselines):
-            probe_dir = run.directory / "probe"
-            if is_complete(probe_dir, "fit"):
-                print(f"[compare] {run.name}: probed already ({probe_dir / SUMMARY})")
+    def stage_jobs(run: Run) -> list[Job]:
+        jobs = []
+        for stage_ in probes:
+            applies = (stage_.objectives is None and (run.objective != RANDOM_INIT or stage_.kind == "probe")) \
+                or (stage_.objectives is not None and run.objective in stage_.objectives)
+            if not applies or (stage_.conditions is not None and run.condition not in stage_.conditions):
                 continue
-            if run.objective == "random_init":
-                encoder_args = random_encoder
+            if run.objective == RANDOM_INIT:
+                chosen: dict[int, Optional[Path]] = {0: None}
+            elif dry_run and not (run.directory / "checkpoints").is_dir():
+                chosen = {s: run.directory / f"checkpoints/step{s:06d}.ckpt"
+                          for s in planned_steps(stage_, every, steps)}
             else:
-                checkpoint = find_resume_checkpoint([run.directory / "checkpoints"])
-                if checkpoint is None and not dry_run:
+                saved = saved_checkpoints(run.directory / "checkpoints")
+                if checkpoint_every and saved:  # along training: the comparison's cadence, not the config's
+                    saved = {s: p for s, p in saved.items() if s % checkpoint_every == 0 or s == max(saved)}
+                chosen = dict(choose_checkpoints(stage_, saved, steps))
+                if not chosen:
                     raise FileNotFoundError(f"{run.name}: no checkpoint in {run.directory / 'checkpoints'}: "
                                             "pretrain it first (--stage pretrain)")
-                encoder_checkpoint = checkpoint or run.directory / "checkpoints/last.ckpt"
-                encoder_args = [f"--model.init_args.encoder_checkpoint={encoder_checkpoint}"]
-            print(f"[compare] probing {run.name}", flush=True)
-            execute(probe_command(run, encoder_args), probe_dir / "fit.log", out / "commands.txt", dry_run)
-            require_complete(probe_dir, "fit", 1, dry_run)
+            jobs += [Job(stage_.kind, run, run.directory / stage_.name / f"step{step:06d}", stage_, step, checkpoint)
+                     for step, checkpoint in chosen.items()]
+        return jobs
 
-    if dry_run or stage not in ("all", "report"):
+    def selected(run: Run) -> bool:
+        return not only or any(run.name == o or run.name.startswith(o + "/") for o in only)
+
+    # The probe configs are checked now too, not after hours of pretraining.
+    probe_configs = {}
+    for p in probes:
+        if p.kind == "probe":
+            check = Job("probe", Run(RANDOM_INIT, seeds[0], out / "check", conditions[0].name), out / "check", p)
+            probe_configs[p.name] = resolved_config(stage_command(check)[len(python) + 1:-1])
+
+    pretrain_jobs = [Job("pretrain", run, run.directory) for run in runs if selected(run)]
+    if dry_run:
+        planned = pretrain_jobs + [job for run in runs + baselines if selected(run) for job in stage_jobs(run)]
+        print(estimate(planned, steps, costs, workers), flush=True)
+        for job in planned:
+            print(f"$ {command_line(pretrain_command(job.run) if job.kind == 'pretrain' else stage_command(job))}")
         return None
-    results = []
-    for run in runs + baselines:
-        probe_summary = run.directory / "probe" / SUMMARY
-        if not probe_summary.is_file():
-            raise FileNotFoundError(f"{run.name} has no probe results ({probe_summary}): run its stages first")
-        pretrain = json.loads((run.directory / SUMMARY).read_text()) if run.objective != "random_init" else {}
-        results.append(ProbeResult.from_summaries(run.objective, run.seed, json.loads(probe_summary.read_text()),
-                                                  pretrain))
-    return write_report(results, out, steps=steps, wandb_project=wandb_project)
+
+    pending: dict[str, int] = {}
+
+    def clean_up(run: Run) -> None:
+        if not keep_feature_cache:
+            shutil.rmtree(run.directory / "feature_cache", ignore_errors=True)
+
+    def stage_todo(run: Run) -> list[Job]:
+        todo = []
+        for job in stage_jobs(run):
+            if job_done(job, steps):
+                print(f"[compare] {job.name}: done already")
+            else:
+                todo.append(job)
+        pending[run.name] = len(todo)
+        if not todo:
+            clean_up(run)
+        return todo
+
+    def finished(job: Job) -> list[Job]:
+        if not job_done(job, steps):
+            raise unfinished(job.directory)
+        if job.kind == "pretrain":
+            return stage_todo(job.run) if stage == "all" else []
+        pending[job.run.name] -= 1
+        if pending[job.run.name] == 0:
+            clean_up(job.run)
+        return []
+
+    initial: list[Job] = []
+    if stage in ("all", "pretrain"):
+        for job in pretrain_jobs:
+            if not job_done(job, steps):
+                initial.append(job)
+                continue
+            print(f"[compare] {job.name}: pretrained already")
+            initial += stage_todo(job.run) if stage == "all" else []
+    if stage == "probe":
+        initial += [job for run in runs if selected(run) for job in stage_todo(run)]
+    if stage in ("all", "probe"):
+        initial += [job for run in baselines if selected(run) for job in stage_todo(run)]
+    runner = JobRunner(out, executor, workers, threads)
+    try:
+        runner.run(initial, lambda job: pretrain_command(job.run) if job.kind == "pretrain" else stage_command(job),
+                   finished)
+    finally:
+        runner.close()
+
+    if stage not in ("all", "report"):
+        return None
+    records = collect(runs, baselines, [job for run in runs + baselines for job in stage_jobs(run)])
+    context = claims_context(claims, probe_configs, resolved)
+    return write_report(records, out, steps=steps, claims=claims, context=context, wandb_project=wandb_project)
+
+
+def claims_context(claims: Optional[ClaimRoles], probe_configs: dict, resolved: dict) -> dict:
+    """What the claims' verdicts compare with: the chance accuracy of the claim's probe tasks, and the
+    bits/dim of a uniform code distribution for every token objective (log2(codes) per patch of pixels)."""
+    if claims is None:
+        return {}
+    context: dict = {}
+    tasks = plain(probe_configs[claims.probe].get("model.init_args.tasks")) if claims.probe in probe_configs else None
+    chances = [1 / t["num_classes"] for t in tasks or [] if claims.tasks is None or t["name"] in claims.tasks]
+    if chances:
+        context["chance_mean"] = sum(chances) / len(chances)
+    uniform = {}
+    for name, config in resolved.items():
+        codes, encoder = config.get("model.init_args.num_codes"), plain(config.get("model.init_args.encoder"))
+        if codes and encoder:
+            args = encoder.get("init_args", {})
+            values = args.get("in_chans", 3) * args.get("tubelet_size", 2) * args.get("patch_size", 16) ** 2
+            uniform[name] = math.log2(codes) / values
+    context["uniform_bits_per_dim"] = uniform
+    return context
+
+
+def harness_main(function: Callable[..., Optional[Path]], command: str, description: str, config: str,
+                 argv: Optional[list[str]]) -> None:
+    """`python -m arjepa_pl COMMAND --config CONFIG`: `function`'s arguments from a YAML config and the
+    command line (compare, plan_benchmark); it runs, then says how long it took and where its report is."""
+    parser = ArgumentParser(prog=f"python -m arjepa_pl {command}", description=description,
+                            parser_mode="omegaconf+")
+    parser.add_argument("--config", action=ActionConfigFile, help=f"a {command} config ({config})")
+    parser.add_function_arguments(function)
+    init = parser.instantiate_classes(parser.parse_args(argv))
+    start = time.time()
+    report = function(**{name: init[name] for name in inspect.signature(function).parameters})
+    if report is not None:
+        print(f"[{command}] done in {(time.time() - start) / 60:.1f} min: {report}")
 
 
 def main(argv: Optional[list[str]] = None) -> None:
-    parser = ArgumentParser(prog="python -m arjepa_pl compare", description=__doc__.split("\n\n")[0],
-                            parser_mode="omegaconf+")
-    parser.add_argument("--config", action=ActionConfigFile, help="a comparison config (configs/compare.yaml)")
-    parser.add_function_arguments(compare)
-    init = parser.instantiate_classes(parser.parse_args(argv))
-    start = time.time()
-    report = compare(**{name: init[name] for name in inspect.signature(compare).parameters})
-    if report is not None:
-        print(f"[compare] done in {(time.time() - start) / 60:.1f} min: {report}")
+    harness_main(compare, "compare", __doc__.split("\n\n")[0], "configs/compare.yaml", argv)

@@ -9,30 +9,33 @@ probing appearance and motion at several depths costs one forward.
 
 Evaluation scores every view of a sample (temporal segments x spatial crops from the data module's
 num_clips / eval_views) and averages the softmax; training treats each view as a sample.
+
+With the data wrapped in arjepa_pl.evaluation.FrozenFeatureData (configs/probe_*.yaml do), the
+encoder runs once per clip and the features are cached on disk: every epoch then costs only the heads.
 """
 
-import logging
-from typing import Literal, Mapping, Optional, Sequence, Union, cast
+from typing import Literal, Optional, Sequence, Union, cast
 
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torchmetrics import Metric
-from torchmetrics.classification import MulticlassAccuracy
 
-from arjepa_pl.evaluation.multiview import average_view_probabilities, concatenate_segments, flatten_views
+from arjepa_pl.evaluation.frozen import FrozenEncoderModule
+from arjepa_pl.evaluation.intervals import TopKCounts
+from arjepa_pl.evaluation.multiview import average_view_probabilities, concatenate_segments
 from arjepa_pl.evaluation.tasks import ProbeTask, as_tasks
-from arjepa_pl.models import AttentiveClassifier, FeatureExtractor, LinearClassifier, VisionTransformer
-from arjepa_pl.optim import ScheduledModule
-
-log = logging.getLogger("arjepa_pl.probe")
+from arjepa_pl.models import AttentiveClassifier, LinearClassifier, VisionTransformer
 
 
-class Probe(ScheduledModule):
+class Probe(FrozenEncoderModule):
     """Attentive or linear probes on a frozen encoder, for one or more label tasks and encoder layers.
 
-    Metrics: `val/<task>/l<layer>/top1` (and `/top5` for tasks of more than 5 classes) with `layer` the
-    encoder block read (0-based), and `val/loss`; the same under `test/`.
+    Metrics: `val/<task>/l<layer>/top1` (the share of evaluated clips classified right) with its 95 %
+    Wilson interval `.../top1_low`, `.../top1_high` (evaluation-split sampling noise, see
+    arjepa_pl.evaluation.intervals), `/top5` for tasks of more than 5 classes, `val/clips` (clips
+    evaluated) and `val/loss`, with `layer` the encoder block read (0-based); the same under `test/`.
+    With the feature cache (arjepa_pl.evaluation.FrozenFeatureData) also `features/l<layer>/rankme`
+    and `features/l<layer>/within_clip_share` of the frozen features of the evaluation split.
 
     Args:
         tasks: what to predict from each clip's label (ProbeTask: name, num_classes, divisor, modulo).
@@ -86,20 +89,7 @@ class Probe(ScheduledModule):
                          weight_decay=weight_decay, final_weight_decay=final_weight_decay, **optim_args)
         self.save_init_args()
         self.tasks = as_tasks(tasks, "a probe")
-        if encoder_checkpoint is not None:
-            from arjepa_pl.interop import load_feature_extractor  # checkpoint formats live there
-
-            extractor = load_feature_extractor(encoder_checkpoint, which=encoder_which, num_heads=encoder_num_heads)
-            log.info(f"probing the encoder of {encoder_checkpoint} ({extractor.spec()})")
-        elif encoder is not None:
-            extractor = FeatureExtractor(encoder)
-            log.warning("probe: no encoder_checkpoint, probing a RANDOMLY INITIALISED frozen encoder (a baseline)")
-        else:
-            raise ValueError("set model.encoder_checkpoint (the encoder to probe), or model.encoder for a "
-                             "randomly initialised baseline")
-        self.extractor = extractor.requires_grad_(False).eval()
-        self.layers = sorted({self.extractor.layer_index(layer) for layer in layers})
-        self.input_key = "video" if self.extractor.encoder.video else "image"
+        self.init_encoder(encoder_checkpoint, encoder, encoder_which, encoder_num_heads, layers)
 
         dim = self.extractor.embed_dim
         heads = num_heads or self.extractor.encoder.num_heads
@@ -117,7 +107,7 @@ class Probe(ScheduledModule):
                 self.heads[key] = (AttentiveClassifier(dim, task.num_classes, heads, self_attn_blocks, cross_attn_proj)
                                    if probe == "attentive" else LinearClassifier(dim, task.num_classes))
                 for metrics in (self.val_metrics, self.test_metrics):
-                    metrics[key] = nn.ModuleDict({f"top{k}": MulticlassAccuracy(task.num_classes, top_k=k)
+                    metrics[key] = nn.ModuleDict({f"top{k}": TopKCounts(k)
                                                   for k in (1, 5) if k == 1 or task.num_classes > 5})
         if hf_head is not None:
             hf_head.init(self.heads.values())
@@ -126,24 +116,11 @@ class Probe(ScheduledModule):
     def head_key(task: ProbeTask, layer: int) -> str:
         return f"{task.name}_l{layer}"
 
-    def feature_extractor(self) -> FeatureExtractor:
-        return self.extractor
-
-    def train(self, mode: bool = True):
-        super().train(mode)
-        self.extractor.eval()  # frozen: never in training mode
-        return self
-
     # -- forward -------------------------------------------------------------------------------------
     def logits(self, batch: dict) -> tuple[dict[str, torch.Tensor], int]:
-        """({head key: logits [B * V, classes]}, views V) of a batch."""
-        if self.input_key not in batch or "label" not in batch:
-            raise ValueError(f"a probe reads batch[{self.input_key!r}] and batch['label']; "
-                             f"the batch has {sorted(batch)}")
-        x, views = flatten_views(batch[self.input_key], 4 if self.input_key == "video" else 3)
-        with torch.no_grad():
-            features = self.extractor(x, self.layers)
-        by_layer = dict(zip(self.layers, features))
+        """({head key: logits [B * V, classes]}, views V) of a batch of clips, or of their cached features."""
+        self.check_batch(batch, "label")
+        by_layer, views = self.features(batch)
         if self.segments > 1:  # V-JEPA 2: a video's segments classified together
             by_layer = {layer: concatenate_segments(f, views, self.segments)[0] for layer, f in by_layer.items()}
             views //= self.segments
@@ -177,13 +154,40 @@ class Probe(ScheduledModule):
             for layer in self.layers:
                 key = self.head_key(task, layer)
                 probs = average_view_probabilities(logits[key], views)
-                # Each head's nn.ModuleDict of {name: Metric}.
-                for name, metric in cast(Mapping[str, Metric], metrics[key]).items():
+                for metric in self._counts(metrics, key).values():
                     metric.update(probs, targets[task.name])
-                    self.log(f"{stage}/{task.name}/l{layer}/{name}", metric, on_step=False, on_epoch=True, batch_size=B)
+
+    @staticmethod
+    def _counts(metrics: nn.ModuleDict, key: str) -> dict[str, TopKCounts]:
+        return cast(dict[str, TopKCounts], dict(cast(nn.ModuleDict, metrics[key]).items()))
+
+    def _log_epoch(self, stage: str, metrics: nn.ModuleDict) -> None:
+        """Accuracies of the whole epoch (summed over ranks by the metrics), then reset for the next."""
+        clips = 0.0
+        for task in self.tasks:
+            for layer in self.layers:
+                for name, metric in self._counts(metrics, self.head_key(task, layer)).items():
+                    accuracy, low, high, clips = metric.compute().tolist()
+                    prefix = f"{stage}/{task.name}/l{layer}/{name}"
+                    self.log(prefix, accuracy)
+                    if name == "top1":
+                        self.log_dict({f"{prefix}_low": low, f"{prefix}_high": high})
+                    metric.reset()
+        self.log(f"{stage}/clips", clips)
+        # Statistics of the cached evaluation features, when the data module computed them.
+        datamodule = getattr(self._trainer, "datamodule", None)
+        stats = getattr(datamodule, "feature_stats", None)
+        if stats:
+            self.log_dict(dict(stats))
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
         self._evaluate(batch, "val", self.val_metrics)
 
+    def on_validation_epoch_end(self) -> None:
+        self._log_epoch("val", self.val_metrics)
+
     def test_step(self, batch: dict, batch_idx: int) -> None:
         self._evaluate(batch, "test", self.test_metrics)
+
+    def on_test_epoch_end(self) -> None:
+        self._log_epoch("test", self.test_metrics)

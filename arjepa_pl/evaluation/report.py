@@ -1,47 +1,74 @@
-"""The comparison's results: CSV (every number), Markdown (mean +- std over seeds), a plot, W&B.
+"""The comparison's results: one Record per pretraining and per probe job, then CSV (every number),
+Markdown tables (accuracy with intervals, cost, decoder, rollouts, claims), the accuracy-vs-FLOPs plot
+and a W&B run.
 
-"Last layer" is the encoder's output, the number to quote. "Best layer" is the best of the probed
-layers by mean accuracy over seeds, chosen on the same validation split it is reported on, so it is
-optimistic; it shows where in the network each objective keeps the information.
+Accuracies are the last probed layer's (the encoder's output, the number to quote) at the last
+checkpoint, mean ± std over seeds, with the mean 95 % Wilson half-width of one run beside it (the
+evaluation split's sampling noise; the seeds share that split). "Best layer" is the best probed layer
+by mean accuracy, chosen on the same split it is reported on, so it is optimistic; it shows where in
+the network each objective keeps the information.
 """
 
 import csv
+import json
 import math
 import re
 import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Optional
 
-METRIC = re.compile(r"^val/(?P<task>[^/]+)/l(?P<layer>\d+)/(?P<name>top\d+)$")
+from arjepa_pl.evaluation.compare_plan import RANDOM_INIT, ROLLOUT_METRICS, SUMMARY, Job, Run
+
+ACCURACY = re.compile(r"^val/(?P<task>[^/]+)/l(?P<layer>\d+)/top1$")
 
 
 @dataclass
-class ProbeResult:
-    """One probed encoder (objective, seed): accuracies by (task, layer) and what pretraining cost."""
+class Record:
+    """One pretraining (stage None) or one probe / predict job on one checkpoint, and its numbers."""
 
     objective: str
+    condition: str
     seed: int
-    accuracy: dict[tuple[str, int], dict[str, float]] = field(default_factory=dict)
-    pretrain_steps: Optional[int] = None
-    pretrain_flops: Optional[float] = None
-    pretrain_seconds: Optional[float] = None
-    probe_seconds: Optional[float] = None
+    stage: Optional[str]
+    step: int
+    flops: Optional[float]  # training FLOPs spent to reach this checkpoint (0 for the random encoder)
+    metrics: dict[str, float] = field(default_factory=dict)
 
-    @classmethod
-    def from_summaries(cls, objective: str, seed: int, probe: dict, pretrain: dict) -> "ProbeResult":
-        """From the RunSummary files of the probe run and of the pretraining run ({} for none)."""
-        result = cls(objective, seed, pretrain_steps=pretrain.get("global_step"),
-                     pretrain_flops=pretrain.get("train_flops"), pretrain_seconds=pretrain.get("fit_seconds"),
-                     probe_seconds=probe.get("fit_seconds"))
-        for key, value in probe.get("metrics", {}).items():
-            match = METRIC.match(key)
-            if match:
-                result.accuracy.setdefault((match["task"], int(match["layer"])), {})[match["name"]] = value
-        if not result.accuracy:
-            raise ValueError(f"{objective} seed {seed}: the probe summary has no val/<task>/l<layer>/top1 metrics "
-                             f"(keys: {sorted(probe.get('metrics', {}))})")
-        return result
+
+def _read(path: Path) -> dict:
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} is missing: run that stage of the comparison first")
+    return json.loads(path.read_text())
+
+
+def collect(runs: list[Run], baselines: list[Run], jobs: list[Job]) -> list[Record]:
+    """Records of every pretraining run and stage job, from their summary.json / rollout_metrics.json."""
+    records, pretrained = [], {}
+    for run in runs:
+        summary = _read(run.directory / SUMMARY)
+        pretrained[run.name] = summary
+        metrics = {**summary.get("metrics", {}), "fit_seconds": summary.get("fit_seconds") or math.nan}
+        records.append(Record(run.objective, run.condition, run.seed, None, int(summary.get("global_step") or 0),
+                              summary.get("train_flops"), metrics))
+    for job in jobs:
+        run = job.run
+        if job.kind == "predict":
+            rollout = _read(job.directory / ROLLOUT_METRICS)
+            metrics = {f"rollout/{name}": statistics.fmean(values) for name, values in rollout["model"].items()}
+            metrics.update({f"rollout/copy_last_{name}": statistics.fmean(values)
+                            for name, values in rollout["copy_last"].items()})
+        else:
+            summary = _read(job.directory / SUMMARY)
+            metrics = {**summary.get("metrics", {}), "fit_seconds": summary.get("fit_seconds") or math.nan}
+        flops: Optional[float] = 0.0
+        if run.objective != RANDOM_INIT:
+            done = pretrained.get(run.name) or _read(run.directory / SUMMARY)
+            total, steps = done.get("train_flops"), max(int(done.get("global_step") or 0), 1)
+            flops = None if total is None else total * job.step / steps
+        records.append(Record(run.objective, run.condition, run.seed, job.stage.name if job.stage else None, job.step,
+                              flops, metrics))
+    return records
 
 
 def mean_std(values: list[float]) -> tuple[float, float]:
@@ -49,142 +76,153 @@ def mean_std(values: list[float]) -> tuple[float, float]:
 
 
 def fmt(values: list[float], scale: float = 100.0, digits: int = 1) -> str:
+    if not values:
+        return "—"
     mean, std = mean_std([v * scale for v in values])
     return f"{mean:.{digits}f} ± {std:.{digits}f}"
 
 
-def summarise(results: list[ProbeResult]) -> dict:
-    """{task: {objective: {"last": [top1 per seed], "best": [...], "best_layer": L}}} (layers 0-based)."""
-    tasks = sorted({task for r in results for task, _ in r.accuracy})
-    objectives = list(dict.fromkeys(r.objective for r in results))
-    table: dict[str, dict[str, dict[str, Any]]] = {}
-    for task in tasks:
-        table[task] = {}
-        for objective in objectives:
-            runs = [r for r in results if r.objective == objective]
-            layers = sorted({layer for r in runs for t, layer in r.accuracy if t == task})
-            if not layers:
-                continue
-            per_layer = {layer: [r.accuracy[(task, layer)]["top1"] for r in runs if (task, layer) in r.accuracy]
+def keys(records: list[Record]) -> list[tuple[str, str]]:
+    """(condition, objective) pairs in order of appearance, the random baseline last."""
+    pairs = list(dict.fromkeys((r.condition, r.objective) for r in records))
+    return sorted(pairs, key=lambda p: ([c for c, _ in pairs].index(p[0]), p[1] == RANDOM_INIT))
+
+
+def final(records: list[Record], stage: Optional[str]) -> list[Record]:
+    """The records of a stage at each run's last probed checkpoint."""
+    last: dict[tuple, Record] = {}
+    for r in records:
+        if r.stage == stage:
+            key = (r.objective, r.condition, r.seed)
+            if key not in last or r.step > last[key].step:
+                last[key] = r
+    return list(last.values())
+
+
+def tasks_and_layers(records: list[Record]) -> dict[str, list[int]]:
+    found: dict[str, set] = {}
+    for r in records:
+        for key in r.metrics:
+            match = ACCURACY.match(key)
+            if match:
+                found.setdefault(match["task"], set()).add(int(match["layer"]))
+    return {task: sorted(layers) for task, layers in sorted(found.items())}
+
+
+def accuracy_stages(records: list[Record]) -> list[str]:
+    return list(dict.fromkeys(r.stage for r in records if r.stage and any(ACCURACY.match(k) for k in r.metrics)))
+
+
+def accuracy_cell(runs: list[Record], task: str, layer: int) -> str:
+    values = [r.metrics[f"val/{task}/l{layer}/top1"] for r in runs if f"val/{task}/l{layer}/top1" in r.metrics]
+    halves = [(r.metrics[f"val/{task}/l{layer}/top1_high"] - r.metrics[f"val/{task}/l{layer}/top1_low"]) / 2
+              for r in runs if f"val/{task}/l{layer}/top1_high" in r.metrics]
+    return fmt(values) + (f" (±{100 * statistics.fmean(halves):.1f})" if halves else "")
+
+
+def accuracy_table(records: list[Record], stage: str) -> list[str]:
+    rows = final(records, stage)
+    table = tasks_and_layers(rows)
+    clips = sorted({int(r.metrics["val/clips"]) for r in rows if "val/clips" in r.metrics})
+    seeds = sorted({r.seed for r in rows})
+    lines = [f"**{stage}**: top-1 (%) of the last probed layer at the last checkpoint, mean ± std over {len(seeds)} "
+             f"seed(s), (± mean 95 % Wilson half-width on {'/'.join(map(str, clips)) or '?'} evaluation clips); "
+             "best layer chosen on the reported split (optimistic).", ""]
+    header = ["condition", "objective"]
+    for task, layers in table.items():
+        header += [f"{task} (l{layers[-1]})"] + ([f"{task} (best layer)"] if len(layers) > 1 else [])
+    lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for condition, objective in keys(rows):
+        runs = [r for r in rows if (r.condition, r.objective) == (condition, objective)]
+        cells = [condition or "—", objective]
+        for task, layers in table.items():
+            cells.append(accuracy_cell(runs, task, layers[-1]))
+            if len(layers) > 1:
+                means = {layer: statistics.fmean([r.metrics.get(f"val/{task}/l{layer}/top1", math.nan) for r in runs])
                          for layer in layers}
-            best = max(layers, key=lambda layer: statistics.fmean(per_layer[layer]))
-            table[task][objective] = {"last": per_layer[layers[-1]], "last_layer": layers[-1],
-                                      "best": per_layer[best], "best_layer": best}
-    return table
+                best = max(layers, key=lambda layer: -1 if math.isnan(means[layer]) else means[layer])
+                cells.append(f"{fmt([r.metrics[f'val/{task}/l{best}/top1'] for r in runs])} (l{best})")
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines + [""]
 
 
-def markdown(results: list[ProbeResult], steps: int) -> str:
-    table = summarise(results)
-    objectives = list(dict.fromkeys(r.objective for r in results))
-    seeds = sorted({r.seed for r in results})
-    lines = [f"Frozen-probe top-1 accuracy (%), mean ± std over {len(seeds)} seed(s) ({', '.join(map(str, seeds))}); "
-             f"every objective pretrained for {steps} steps. "
-             "Best layer: chosen on the reported split (optimistic).", ""]
-    header = "| objective | " + " | ".join(f"{task} (last layer) | {task} (best layer)" for task in table) + " |"
-    lines += [header, "|" + "---|" * (1 + 2 * len(table))]
-    for objective in objectives:
-        cells = []
-        for rows in table.values():
-            row = rows.get(objective)
-            cells += ["—", "—"] if row is None else [fmt(row["last"]), f"{fmt(row['best'])} (l{row['best_layer']})"]
-        lines.append(f"| {objective} | " + " | ".join(cells) + " |")
-    lines += ["", "| objective | pretraining steps | training TFLOPs | FLOPs / step (G) "
-                  "| pretraining wall time (min) | probe wall time (min) |",
-              "|---|---|---|---|---|---|"]
-    for objective in objectives:
-        runs = [r for r in results if r.objective == objective]
-        flops = [r.pretrain_flops for r in runs if r.pretrain_flops]
-        steps_done = [r.pretrain_steps for r in runs if r.pretrain_steps]
-        wall = [r.pretrain_seconds / 60 for r in runs if r.pretrain_seconds]
-        probe = [r.probe_seconds / 60 for r in runs if r.probe_seconds]
-        per_step = [f / s for f, s in zip(flops, steps_done)] if len(flops) == len(steps_done) else []
-        lines.append(f"| {objective} | {round(statistics.fmean(steps_done)) if steps_done else '—'} | "
+def cost_table(records: list[Record]) -> list[str]:
+    pre = [r for r in records if r.stage is None]
+    lines = ["| condition | objective | steps | training TFLOPs | GFLOPs / step | pretraining (min) | "
+             "probe jobs (min) | val/loss | val/bits_per_dim |", "|---|---|---|---|---|---|---|---|---|"]
+    for condition, objective in keys(records):
+        runs = [r for r in pre if (r.condition, r.objective) == (condition, objective)]
+        jobs = [r for r in records if r.stage and (r.condition, r.objective) == (condition, objective)]
+        flops = [r.flops for r in runs if r.flops]
+        per_step = [r.flops / r.step for r in runs if r.flops and r.step]
+        probe_min = [sum(j.metrics.get("fit_seconds", 0.0) for j in jobs if j.seed == s) / 60
+                     for s in {j.seed for j in jobs}]
+        loss, bits = ([r.metrics[name] for r in runs if name in r.metrics] for name in ("val/loss", "val/bits_per_dim"))
+
+        lines.append(f"| {condition or '—'} | {objective} | {runs[0].step if runs else '—'} | "
                      f"{f'{statistics.fmean(flops) / 1e12:.1f}' if flops else '—'} | "
                      f"{f'{statistics.fmean(per_step) / 1e9:.1f}' if per_step else '—'} | "
-                     f"{fmt(wall, 1.0) if wall else '—'} | {fmt(probe, 1.0) if probe else '—'} |")
-    return "\n".join(lines) + "\n"
+                     f"{fmt([r.metrics['fit_seconds'] / 60 for r in runs], 1.0) if runs else '—'} | "
+                     f"{fmt(probe_min, 1.0)} | {fmt(loss, 1.0, 4)} | {fmt(bits, 1.0, 4)} |")
+    return lines + [""]
 
 
-def write_csv(results: list[ProbeResult], path: Path) -> None:
-    columns = ["objective", "seed", "task", "layer", "top1", "top5", "pretrain_steps", "pretrain_flops",
-               "pretrain_seconds", "probe_seconds"]
+def metric_table(records: list[Record], title: str, columns: dict[str, str]) -> list[str]:
+    """A table of the final records holding any of `columns` ({metric: header}), mean ± std over seeds."""
+    rows = [r for r in records if r.stage and any(k in r.metrics for k in columns)]
+    rows = [r for stage in dict.fromkeys(r.stage for r in rows) for r in final(rows, stage)]
+    if not rows:
+        return []
+    lines = [title, "", "| condition | objective | stage | " + " | ".join(columns.values()) + " |",
+             "|---|---|---|" + "---|" * len(columns)]
+    for condition, objective in keys(rows):
+        for stage in dict.fromkeys(r.stage for r in rows):
+            runs = [r for r in rows if (r.condition, r.objective, r.stage) == (condition, objective, stage)]
+            if runs:
+                cells = [fmt([r.metrics[k] for r in runs if k in r.metrics], 1.0, 4 if "mse" in k else 2)
+                         for k in columns]
+                lines.append(f"| {condition or '—'} | {objective} | {stage} | " + " | ".join(cells) + " |")
+    return lines + [""]
+
+
+def write_csv(records: list[Record], path: Path) -> None:
     with open(path, "w", newline="") as f:
         writer = csv.writer(f)
-        writer.writerow(columns)
-        for r in results:
-            for (task, layer), acc in sorted(r.accuracy.items()):
-                writer.writerow([r.objective, r.seed, task, layer, acc.get("top1"), acc.get("top5"), r.pretrain_steps,
-                                 r.pretrain_flops, r.pretrain_seconds, r.probe_seconds])
+        writer.writerow(["objective", "condition", "seed", "stage", "step", "train_flops", "metric", "value"])
+        for r in records:
+            for name, value in sorted(r.metrics.items()):
+                writer.writerow([r.objective, r.condition, r.seed, r.stage or "pretrain", r.step, r.flops, name, value])
 
 
-def plot(results: list[ProbeResult], path: Path) -> None:
-    """One panel per task: last-layer and best-layer top-1 per objective (bars: mean, whiskers: std,
-    dots: seeds)."""
-    import matplotlib
-
-    matplotlib.use("Agg")  # files only, no display
-    import matplotlib.pyplot as plt
-
-    table = summarise(results)
-    objectives = list(dict.fromkeys(r.objective for r in results))
-    fig, axes = plt.subplots(1, len(table), figsize=(1.6 + 1.9 * len(objectives) * len(table), 3.6), squeeze=False)
-    for ax, (task, rows) in zip(axes[0], table.items()):
-        for i, objective in enumerate(objectives):
-            row = rows.get(objective)
-            if row is None:
-                continue
-            for offset, kind, colour in ((-0.2, "last", "tab:blue"), (0.2, "best", "tab:orange")):
-                values = [100 * v for v in row[kind]]
-                mean, std = mean_std(values)
-                ax.bar(i + offset, mean, 0.38, yerr=std, capsize=3, color=colour, alpha=0.8,
-                       label=f"{kind} layer" if i == 0 else None)
-                ax.scatter([i + offset] * len(values), values, s=9, color="black", zorder=3)
-        ax.set_xticks(range(len(objectives)), objectives, rotation=20)
-        ax.set_title(task)
-        ax.set_ylim(0, 100)
-        ax.set_ylabel("top-1 (%)")
-        ax.grid(axis="y", alpha=0.3)
-    axes[0][0].legend(loc="lower left", fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+def markdown(records: list[Record], steps: int, claims_lines: list[str]) -> str:
+    lines = [f"Every objective pretrained for {steps} steps; numbers are mean ± std over seeds. A seed sets the "
+             "pretraining's initial weights, clip order and masks and the probes' head initialisation and clip "
+             "order; every seed reads the same data splits (the probes' training and evaluation clips), so the "
+             "± std is training variation and the Wilson half-width the evaluation split's sampling noise.", ""]
+    for stage in accuracy_stages(records):
+        lines += accuracy_table(records, stage)
+    lines += cost_table(records)
+    lines += metric_table(records, "Pixel decoder probe on frozen features (per-frame PSNR in dB, MSE and SSIM on "
+                          "0-1 pixels):", {"val/psnr": "PSNR", "val/mse": "MSE", "val/ssim": "SSIM"})
+    lines += metric_table(records, "Rollouts (frames after the context, per-frame PSNR in dB) beside copying the last "
+                          "context frame:", {"rollout/psnr": "PSNR", "rollout/copy_last_psnr": "copy-last PSNR",
+                                             "rollout/ssim": "SSIM", "rollout/copy_last_ssim": "copy-last SSIM"})
+    return "\n".join(lines + claims_lines).rstrip() + "\n"
 
 
-def log_to_wandb(results: list[ProbeResult], out: Path, project: str, report: str, png: Path) -> Optional[str]:
-    """The table and the plot as one W&B run of job type 'compare' (offline without a key or network)."""
-    import wandb
+def write_report(records: list[Record], out: Path, steps: int, claims=None,
+                 context: Optional[dict] = None, wandb_project: Optional[str] = None) -> Path:
+    """results.csv, results.md and accuracy_vs_flops.png in `out` (and the W&B run); returns results.md."""
+    from arjepa_pl.evaluation.claims import claims_table
+    from arjepa_pl.evaluation.report_plots import log_to_wandb, plot_accuracy_vs_flops
 
-    from arjepa_pl.loggers import choose_mode, pinned_run_id
-
-    mode, why = choose_mode(None, connect_timeout=5.0)
-    if why:
-        print(f"[compare] W&B {mode}: {why}")
-    # mode may be any WANDB_MODE value, e.g. "dryrun", which wandb accepts but init's Literal type omits.
-    run = wandb.init(project=project, dir=str(out), id=pinned_run_id(out), resume="allow", mode=mode,  # type: ignore[arg-type]
-                     job_type="compare", name=f"compare-{out.name}", reinit="finish_previous")
-    rows = [[r.objective, r.seed, task, layer, acc.get("top1"), r.pretrain_flops, r.pretrain_seconds]
-            for r in results for (task, layer), acc in sorted(r.accuracy.items())]
-    run.log({"compare/results": wandb.Table(columns=["objective", "seed", "task", "layer", "top1", "pretrain_flops",
-                                                      "pretrain_seconds"], data=rows),
-             "compare/plot": wandb.Image(str(png)), "compare/report": wandb.Html(f"<pre>{report}</pre>")})
-    for task, rows_by_objective in summarise(results).items():
-        for objective, row in rows_by_objective.items():
-            run.summary[f"{objective}/{task}/last_top1"] = statistics.fmean(row["last"])
-    directory = run.dir
-    run.finish()
-    return directory
-
-
-def write_report(results: list[ProbeResult], out: Path, steps: int, wandb_project: Optional[str] = None) -> Path:
-    """results.csv, results.md and results.png in `out` (and the W&B run); returns results.md's path."""
     out.mkdir(parents=True, exist_ok=True)
-    write_csv(results, out / "results.csv")
-    report = markdown(results, steps)
+    write_csv(records, out / "results.csv")
+    claims_lines = claims_table(records, claims, context or {}) if claims else []
+    report = markdown(records, steps, claims_lines)
     (out / "results.md").write_text(report)
-    plot(results, out / "results.png")
+    png = plot_accuracy_vs_flops(records, out / "accuracy_vs_flops.png")
     print(report)
     if wandb_project:
-        log_to_wandb(results, out, wandb_project, report, out / "results.png")
-    if any(math.isnan(a.get("top1", 0.0)) for r in results for a in r.accuracy.values()):
-        print("[compare] warning: some accuracies are NaN (a probe saw no validation data?)")
+        log_to_wandb(records, out, wandb_project, report, png)
     return out / "results.md"

@@ -1,5 +1,6 @@
 """Plain nn.Modules: no Lightning, no distributed code."""
 
+from arjepa_pl.models.decoder import PixelDecoder
 from arjepa_pl.models.features import FeatureExtractor
 from arjepa_pl.models.gpt import ByteGPT
 from arjepa_pl.models.next_step import block_causal_mask, next_step_outputs
@@ -13,6 +14,7 @@ from arjepa_pl.models.tokenizer import PatchKMeans, tokenize_clip
 from arjepa_pl.models.vit import MLP, POSITIONS, VIT_PRESETS, Block, KVCache, VisionTransformer, gather_tokens
 
 __all__ = ["MLP", "POSITIONS", "VIT_PRESETS", "AttentiveClassifier", "AttentivePooler", "Block", "ByteGPT",
-           "FeatureExtractor", "JepaPredictor", "KVCache", "LinearClassifier", "PatchKMeans", "Rope3D", "RopeTables",
-           "VisionTransformer", "block_causal_mask", "gather_tokens", "next_step_outputs", "normalize_patches",
-           "patchify", "sample_logits", "sincos_pos_embed", "token_grid", "tokenize_clip", "unpatchify"]
+           "FeatureExtractor", "JepaPredictor", "KVCache", "LinearClassifier", "PatchKMeans", "PixelDecoder", "Rope3D",
+           "RopeTables", "VisionTransformer", "block_causal_mask", "gather_tokens", "next_step_outputs",
+           "normalize_patches", "patchify", "sample_logits", "sincos_pos_embed", "token_grid", "tokenize_clip",
+           "unpatchify"]

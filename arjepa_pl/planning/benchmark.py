@@ -16,28 +16,22 @@ skipped once complete; `--stage` and `--only` split the work (e.g. one SLURM arr
 from __future__ import annotations
 
 import csv
-import inspect
 import json
 import statistics
 import sys
-import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Literal, Optional
 
-from jsonargparse import ActionConfigFile, ArgumentParser
-
 from arjepa_pl.checkpoints import find_resume_checkpoint
-from arjepa_pl.evaluation.compare import (
+from arjepa_pl.evaluation.compare import check_fairness, harness_main, resolved_config
+from arjepa_pl.evaluation.compare_exec import execute, train_runs
+from arjepa_pl.evaluation.compare_plan import (
     SUMMARY,
     Pretraining,
     Run,
-    check_fairness,
     check_run_arguments,
-    execute,
     fit_command,
-    resolved_config,
-    train_runs,
     with_seed,
 )
 from arjepa_pl.evaluation.report import fmt, mean_std
@@ -88,7 +82,7 @@ def benchmark(
         dry_run: print the commands and check the configs; run nothing.
         wandb_project: W&B project of the results run (null: no W&B).
     """
-    check_run_arguments("plan_benchmark", objectives, BASELINES, seeds, steps, optimizer, plan_config)
+    check_run_arguments("plan_benchmark", objectives, BASELINES, seeds, steps, optimizer, [plan_config])
     if set(baselines) - set(BASELINES):
         raise ValueError(f"baselines must be among {BASELINES}, got {list(baselines)}")
     out = Path(out_dir)
@@ -243,12 +237,4 @@ def write_benchmark_report(rows: list[dict], out: Path, steps: int, wandb_projec
 
 
 def main(argv: Optional[list[str]] = None) -> None:
-    parser = ArgumentParser(prog="python -m arjepa_pl plan_benchmark", description=__doc__.split("\n\n")[0],
-                            parser_mode="omegaconf+")
-    parser.add_argument("--config", action=ActionConfigFile, help="a benchmark config (configs/plan_benchmark.yaml)")
-    parser.add_function_arguments(benchmark)
-    init = parser.instantiate_classes(parser.parse_args(argv))
-    start = time.time()
-    report = benchmark(**{name: init[name] for name in inspect.signature(benchmark).parameters})
-    if report is not None:
-        print(f"[plan_benchmark] done in {(time.time() - start) / 60:.1f} min: {report}")
+    harness_main(benchmark, "plan_benchmark", __doc__.split("\n\n")[0], "configs/plan_benchmark.yaml", argv)
