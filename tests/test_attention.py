@@ -1,0 +1,53 @@
+"""The block-causal mask as a FlexAttention BlockMask (the CUDA path) against the dense boolean mask
+(the CPU path): the same pairs may attend, and the encoder gives the same outputs either way.
+
+FlexAttention has no backward on the CPU (PyTorch raises), so gradients through the BlockMask path
+are only exercised on a GPU; on the CPU the training step takes the dense mask."""
+
+import pytest
+import torch
+
+from arjepa_pl.models import KVCache, VisionTransformer, block_causal_mask, next_step_outputs
+from arjepa_pl.models.next_step import block_causal_attention_mask
+from arjepa_pl.models.vit import MLP
+
+
+@pytest.mark.parametrize("steps,per_step,prefix", [(3, 80, 0), (3, 80, 2), (4, 50, 3), (5, 1, 0)])
+def test_block_mask_allows_exactly_the_block_causal_pairs(steps, per_step, prefix):
+    dense = block_causal_mask(steps, per_step, prefix)
+    flex = block_causal_attention_mask(steps, per_step, prefix, flex=True)
+    n = steps * per_step
+    q, kv = torch.arange(n)[:, None], torch.arange(n)[None, :]
+    zero = torch.zeros((), dtype=torch.long)
+    assert torch.equal(flex.mask_mod(zero, zero, q, kv).expand(n, n), dense)
+    # Only the blocks with a pair that may attend are computed (for a long clip, about half of them).
+    size = flex.BLOCK_SIZE[0]
+    blocks = -(-n // size)
+    padded = torch.zeros(blocks * size, blocks * size, dtype=torch.bool)
+    padded[:n, :n] = dense
+    needed = padded.view(blocks, size, blocks, size).any(3).any(1)
+    assert torch.equal(flex.to_dense()[0, 0].bool(), needed)
+
+def test_the_default_form_is_dense_on_the_cpu():
+    mask = block_causal_attention_mask(3, 4, 1, "cpu")
+    assert isinstance(mask, torch.Tensor) and torch.equal(mask, block_causal_mask(3, 4, 1))
+
+
+@pytest.mark.slow  # compiles FlexAttention (about 10 s on 2 cores)
+def test_flex_and_dense_masks_give_the_same_next_step_outputs():
+    torch.manual_seed(0)
+    enc = VisionTransformer(embed_dim=32, depth=2, num_heads=2, patch_size=8, tubelet_size=2).eval()
+    head = MLP(32, 32, 5)
+    video = torch.randn(2, 3, 6, 80, 64)  # 3 steps of 10 x 8 tokens: N = 240, two key blocks of 128
+    with torch.no_grad():
+        for prefix in (0, 2):
+            dense = next_step_outputs(enc, head, video, prefix, flex=False)
+            flex = next_step_outputs(enc, head, video, prefix, flex=True)
+            torch.testing.assert_close(flex, dense, atol=1e-5, rtol=1e-5)
+        # Cached decoding: the first call (no cached tokens) takes the BlockMask, the next ones the
+        # boolean rows of the new step; together they equal the whole clip at once.
+        caches = [KVCache() for _ in enc.blocks]
+        parts = [next_step_outputs(enc, head, video[:, :, :4], 0, caches, flex=True),
+                 next_step_outputs(enc, head, video, 0, caches, flex=True)]
+        torch.testing.assert_close(torch.cat(parts, 1), next_step_outputs(enc, head, video, 0, flex=False),
+                                   atol=1e-5, rtol=1e-5)
