@@ -29,6 +29,8 @@ from lightning.fabric.plugins import TorchCheckpointIO
 from lightning.fabric.utilities.cloud_io import get_filesystem
 from lightning.pytorch.utilities.rank_zero import rank_zero_info, rank_zero_warn
 
+from arjepa_pl.errors import RunFailed, UserError
+
 log = logging.getLogger("arjepa_pl.checkpoints")
 
 # What a sharded (torch.distributed.checkpoint) checkpoint directory holds once it is complete:
@@ -36,8 +38,8 @@ log = logging.getLogger("arjepa_pl.checkpoints")
 SHARDED_COMPLETE_MARKER = "meta.pt"
 
 
-class CheckpointLoadError(RuntimeError):
-    pass
+class CheckpointLoadError(UserError, RuntimeError):
+    """A checkpoint that does not load: a short message naming it (exit status 2 from the CLI)."""
 
 
 def _fsync_dir(path: Path) -> None:
@@ -53,19 +55,50 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+class CheckpointWriteError(RunFailed):
+    """A checkpoint could not be written (a full disk, an I/O error, a path that is not a folder); the
+    previous checkpoint at that path is intact."""
+
+
+class _RecordingWriter:
+    """The file torch.save writes to, remembering the OSError of a failed write: torch's zip writer
+    reports it as `RuntimeError: [enforce fail at inline_container.cc] ... file write failed`, without
+    the cause (no space left on device, ...)."""
+
+    def __init__(self, file):
+        self.file, self.error = file, None
+
+    def write(self, data):
+        try:
+            return self.file.write(data)
+        except OSError as e:
+            self.error = e
+            raise
+
+    def __getattr__(self, name: str):
+        return getattr(self.file, name)
+
+
 def atomic_save(obj: Any, path: os.PathLike, write: Callable[[Any, Any], Any] = torch.save) -> None:
-    """`write(obj, file)` (torch.save) to a temporary file beside `path`, flushed to disk, then renamed over `path`."""
+    """`write(obj, file)` (torch.save) to a temporary file beside `path`, flushed to disk, then renamed
+    over `path`. A failure of the file system is a CheckpointWriteError naming the path and its cause."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    writer = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
         with open(tmp, "wb") as f:
-            write(obj, f)
+            writer = _RecordingWriter(f)
+            write(obj, writer)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)  # atomic on POSIX: readers see the old file or the new one
-    except BaseException:
+    except BaseException as e:
         tmp.unlink(missing_ok=True)
+        cause = writer.error if writer is not None and writer.error is not None else e
+        if isinstance(cause, OSError):
+            raise CheckpointWriteError(f"could not write the checkpoint {path}: {cause.strerror or cause}; "
+                                       "the previous checkpoint there is intact") from e
         raise
     _fsync_dir(path.parent)
 
@@ -103,7 +136,18 @@ def save_sharded_atomically(strategy, path: os.PathLike, save: Callable[[Path], 
     strategy.barrier()
 
 
-def wrap_load_errors(path: os.PathLike, load: Callable[[], Any]) -> Any:
+def load_error_summary(error: Exception) -> str:
+    """What a load error says is wrong, in one line: torch's errors are a paragraph of advice around it
+    (the weights-only unpickler's cause follows `WeightsUnpickler error:`)."""
+    text = str(error)
+    if "WeightsUnpickler error:" in text:
+        cause = text.split("WeightsUnpickler error:", 1)[1].strip().splitlines()
+        return f"weights-only load failed: {cause[0].strip() if cause else ''}"
+    first = text.strip().splitlines()[0] if text.strip() else type(error).__name__
+    return first.split(". ")[0]
+
+
+def wrap_load_errors(path: str | os.PathLike, load: Callable[[], Any]) -> Any:
     """Run `load`; any failure becomes a CheckpointLoadError that names the checkpoint and says what to do."""
     try:
         return load()
@@ -111,7 +155,7 @@ def wrap_load_errors(path: os.PathLike, load: Callable[[], Any]) -> Any:
         raise
     except Exception as e:
         raise CheckpointLoadError(
-            f"could not load checkpoint {path}: {type(e).__name__}: {e}\n"
+            f"could not load checkpoint {path}: {type(e).__name__}: {load_error_summary(e)}\n"
             "Training does not restart from scratch over a checkpoint it cannot read: pass another --ckpt_path, "
             "or move this one away to start fresh. (If you trust the file and it holds pickled objects, "
             "--weights_only false loads it without the weights-only restriction.)"

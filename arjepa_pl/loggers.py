@@ -1,4 +1,6 @@
-"""Weights & Biases logging that works the same on a laptop without network and on a cluster.
+"""Logging that works the same on a laptop without network and on a cluster: every config logs to
+W&B and to a local CSV file (`CSVLogger`: `<run dir>/metrics.csv`, what `python -m arjepa_pl summary`
+reads), so the loss can be read without W&B.
 
 `WandbLogger` is Lightning's, plus three things a training run needs:
 
@@ -10,27 +12,34 @@
 - **a finished run at the end of each fit**, so the next fit in the same process starts its own.
 
 Lightning's WandbLogger already logs from rank 0 only (the other ranks get a dummy experiment).
+Offline, W&B's own console lines (its mode, its sync hint, its end-of-run history) are silenced:
+our one line says the same, and the end-of-fit summary (arjepa_pl.summary) shows the numbers.
 """
 
 from __future__ import annotations
 
+import csv
 import netrc
 import os
 import secrets
 import string
 import threading
+import time
 import urllib.error
 import urllib.request
 from pathlib import Path
 from typing import Optional
 from urllib.parse import urlsplit
 
+from lightning.pytorch.loggers import CSVLogger as _LightningCSVLogger
 from lightning.pytorch.loggers import WandbLogger as _LightningWandbLogger
+from lightning.pytorch.loggers.csv_logs import ExperimentWriter
 from lightning.pytorch.loggers.logger import rank_zero_experiment
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_only
 
 DEFAULT_BASE_URL = "https://api.wandb.ai"
 RUN_ID_FILE = "wandb_run_id"
+METRICS_FILE = "metrics.csv"
 
 
 def base_url() -> str:
@@ -154,11 +163,15 @@ class WandbLogger(_LightningWandbLogger):
             self.mode, why = choose_mode(self.offline, self.connect_timeout)
             self._id = pinned_run_id(save_dir, self._wandb_init.get("id"))
             self._wandb_init.update(id=self._id, mode=self.mode)
+            self._wandb_init.pop("settings", None)
             if self.mode == "offline":
                 self._log_model = False  # nothing to upload to
                 where = os.path.join(save_dir, "wandb")
-                rank_zero_info(f"W&B offline ({why}): run {self._id} is saved in {where}; "
-                               f"upload it later with `wandb sync {where}/offline-run-*-{self._id}`")
+                rank_zero_info(f"W&B offline ({why}); upload the run later with "
+                               f"`wandb sync {where}/offline-run-*-{self._id}`")
+                # wandb would repeat the mode in three lines of its own and print its run history at
+                # the end; the line above says where the run is, the end-of-fit summary the numbers.
+                self._wandb_init["settings"] = {"silent": True}
         return super().experiment
 
     @rank_zero_only
@@ -167,3 +180,53 @@ class WandbLogger(_LightningWandbLogger):
         if self._experiment is not None:
             self._experiment.finish(exit_code=1 if status == "failed" else 0)
             self._experiment = None  # a later fit/test in this process starts (or resumes) the run again
+
+
+class _AppendingWriter(ExperimentWriter):
+    """Lightning's CSV writer, except that an existing metrics.csv is continued, not deleted: a
+    resumed run appends to its run directory's file (a step logged twice keeps both rows; readers
+    take the last). Every row gets `time`, the Unix time it was logged."""
+
+    def __init__(self, log_dir: str):
+        super().__init__(log_dir)
+        if os.path.isfile(self.metrics_file_path):
+            with open(self.metrics_file_path, newline="") as f:
+                self.metrics_keys = next(csv.reader(f), [])
+
+    def _check_log_dir_exists(self) -> None:
+        pass  # the run directory holds checkpoints and media too: not a reason to warn or delete
+
+    def log_metrics(self, metrics_dict: dict, step: Optional[int] = None) -> None:
+        super().log_metrics({**metrics_dict, "time": round(time.time(), 3)}, step)
+
+
+class CSVLogger(_LightningCSVLogger):
+    """Metrics as CSV in `<save_dir>/metrics.csv`, one row per logging step, written as they come
+    (every `flush_logs_every_n_steps` logging calls), continued by resumed runs.
+
+    `python -m arjepa_pl summary RUN_DIR` reads it (key numbers and a picture of the curves). The
+    hyperparameters are not written: config.yaml beside it holds the whole resolved config.
+
+    Args:
+        save_dir: the run directory.
+        flush_logs_every_n_steps: write to disk every this many logging calls.
+    """
+
+    def __init__(self, save_dir: str = ".", flush_logs_every_n_steps: int = 1):
+        super().__init__(save_dir, name="", version="", flush_logs_every_n_steps=flush_logs_every_n_steps)
+
+    @property
+    def log_dir(self) -> str:
+        return self.save_dir
+
+    @property
+    @rank_zero_experiment
+    def experiment(self) -> _AppendingWriter:
+        if not isinstance(self._experiment, _AppendingWriter):
+            self._fs.makedirs(self.save_dir, exist_ok=True)
+            self._experiment = _AppendingWriter(self.save_dir)
+        return self._experiment
+
+    @rank_zero_only
+    def log_hyperparams(self, params=None) -> None:
+        pass

@@ -3,16 +3,37 @@ V-JEPA's parameter groups, per-step learning-rate and weight-decay schedules tha
 parallelism as configuration, and checkpoints free of pickled modules."""
 
 import inspect
+import math
 import warnings
 from dataclasses import asdict, is_dataclass
-from typing import Optional
+from typing import Literal, Optional
 
 import lightning.pytorch as L
 import torch
 from torch import nn
 
 from arjepa_pl import parallel, schedules
+from arjepa_pl.errors import ConfigError
 from arjepa_pl.models import FeatureExtractor
+
+
+def check_optimiser(**values) -> None:
+    """AdamW's settings as the schedules use them: a peak lr > 0, start / final lr and weight decays
+    >= 0, betas in [0, 1), eps > 0, all finite. Raises ConfigError naming the first one that is not."""
+    for name, value in values.items():
+        numbers = value if name == "betas" else (value,)
+        if not all(isinstance(v, (int, float)) and math.isfinite(v) for v in numbers):
+            raise ConfigError(name, value, "must be finite numbers" if name == "betas" else "must be a finite number")
+    if values["lr"] <= 0:
+        raise ConfigError("lr", values["lr"], "the peak learning rate must be > 0")
+    for name in ("start_lr", "final_lr", "weight_decay", "final_weight_decay"):
+        if values[name] < 0:
+            raise ConfigError(name, values[name], "must be >= 0")
+    betas = values["betas"]
+    if len(betas) != 2 or not all(0 <= b < 1 for b in betas):
+        raise ConfigError("betas", list(betas), "AdamW's betas are two values in [0, 1)")
+    if values["eps"] <= 0:
+        raise ConfigError("eps", values["eps"], "must be > 0")
 
 
 def decay_groups(module: nn.Module) -> tuple[list[nn.Parameter], list[nn.Parameter]]:
@@ -56,7 +77,9 @@ class ScheduledModule(L.LightningModule):
     one is an error). This is their only documentation.
 
     Args:
-        lr / start_lr / final_lr / warmup_steps: linear warm-up start_lr -> lr, then cosine to final_lr.
+        lr / start_lr / final_lr / warmup_steps: linear warm-up start_lr -> lr, then cosine to final_lr
+            (lr_schedule "warmup_cosine"), or lr held and a linear cooldown to final_lr over the last
+            cooldown_steps of total_steps (lr_schedule "warmup_constant_cooldown", V-JEPA 2).
         weight_decay / final_weight_decay: cosine weight-decay schedule (biases and norms: none).
         betas / eps: AdamW's.
         total_steps: length of the schedules; default: what the trainer will run.
@@ -77,19 +100,40 @@ class ScheduledModule(L.LightningModule):
         total_steps: Optional[int] = None,
         activation_checkpointing: bool = False,
         compile: bool = False,
+        lr_schedule: Literal["warmup_cosine", "warmup_constant_cooldown"] = "warmup_cosine",
+        cooldown_steps: int = 0,
     ):
         super().__init__()
+        check_optimiser(lr=lr, start_lr=start_lr, final_lr=final_lr, weight_decay=weight_decay,
+                        final_weight_decay=final_weight_decay, betas=betas, eps=eps)
         if warmup_steps < 0:
-            raise ValueError(f"warmup_steps must be >= 0, got {warmup_steps}")
+            raise ConfigError("warmup_steps", warmup_steps, "must be >= 0")
+        if lr_schedule not in ("warmup_cosine", "warmup_constant_cooldown"):
+            raise ConfigError("lr_schedule", lr_schedule, "must be 'warmup_cosine' or 'warmup_constant_cooldown'")
+        if cooldown_steps < 0 or (cooldown_steps and lr_schedule != "warmup_constant_cooldown"):
+            raise ConfigError("cooldown_steps", cooldown_steps,
+                              "must be >= 0, and is used only by lr_schedule 'warmup_constant_cooldown'")
         if total_steps is not None and total_steps < 1:
-            raise ValueError(f"total_steps must be >= 1, got {total_steps}")
+            raise ConfigError("total_steps", total_steps, "must be >= 1 (or null: what the trainer will run)")
         self.lr, self.start_lr, self.final_lr, self.warmup_steps = lr, start_lr, final_lr, warmup_steps
         self.weight_decay, self.final_weight_decay = weight_decay, final_weight_decay
         beta1, beta2 = betas  # YAML gives a list; AdamW takes the pair
         self.betas, self.eps = (beta1, beta2), eps
         self._total_steps = total_steps
         self.activation_checkpointing, self.compile_blocks = activation_checkpointing, compile
+        self.lr_schedule, self.cooldown_steps = lr_schedule, cooldown_steps
         self._parallelized = False
+        if total_steps is not None:
+            self.check_schedule_length(total_steps, "total_steps")
+
+    def check_schedule_length(self, total_steps: int, source: str) -> None:
+        """The warm-up must fit in the schedules' length (`source` names where that length comes from:
+        total_steps here, trainer.max_steps in the CLI's pre-flight checks)."""
+        if self.warmup_steps + self.cooldown_steps > total_steps:
+            cooldown = f" plus the {self.cooldown_steps} cooldown steps" if self.cooldown_steps else ""
+            raise ConfigError("warmup_steps", self.warmup_steps,
+                              f"the warm-up{cooldown} is longer than the run ({source} = {total_steps}): "
+                              f"use at most {total_steps - self.cooldown_steps} warm-up steps")
 
     def save_init_args(self) -> None:
         """save_hyperparameters() for the calling __init__, made checkpoint-safe.
@@ -160,6 +204,9 @@ class ScheduledModule(L.LightningModule):
         return int(steps)
 
     def lr_at(self, step: int) -> float:
+        if self.lr_schedule == "warmup_constant_cooldown":
+            return schedules.warmup_constant_cooldown(step, self.warmup_steps, self.cooldown_steps, self.total_steps,
+                                                      self.start_lr, self.lr, self.final_lr)
         return schedules.warmup_cosine(step, self.warmup_steps, self.total_steps, self.start_lr, self.lr, self.final_lr)
 
     def weight_decay_at(self, step: int) -> float:

@@ -29,3 +29,16 @@ def warmup_cosine(step: int, warmup_steps: int, total_steps: int, start: float, 
     if step < warmup_steps:
         return linear(step, warmup_steps, start, peak)
     return cosine(step, total_steps, peak, final, offset=warmup_steps)
+
+
+def warmup_constant_cooldown(step: int, warmup_steps: int, cooldown_steps: int, total_steps: int, start: float,
+                             peak: float, final: float) -> float:
+    """Linear warm-up start -> peak over warmup_steps, peak held, then linear peak -> final over the last
+    cooldown_steps of total_steps (V-JEPA 2's warm-up / constant / cooldown; cooldown_steps 0: constant
+    to the end)."""
+    if step < warmup_steps:
+        return linear(step, warmup_steps, start, peak)
+    cooldown_start = total_steps - cooldown_steps
+    if cooldown_steps <= 0 or step < cooldown_start:
+        return peak
+    return peak + (final - peak) * _progress(step, cooldown_start, total_steps)

@@ -5,10 +5,12 @@ next tubelet's pixels, AdamW) on the same clips.
 Bench config (issue #2): 16 frames of 64x64, patch 8, tubelet 2 (8x8x8 = 512 tokens), encoder
 192 d x 6 layers x 3 heads, predictor 96 d x 3 layers, batch 8, the two default mask configurations,
 fp32. Masks are drawn by the collator the DataLoader workers use, outside the timed region (workers
-overlap it with the step). The reference implementation runs this at ~1.8 steps/s on a 2-core CPU.
+overlap it with the step). V-JEPA's public implementation runs this at ~1.8 steps/s on a 2-core CPU.
 
     python bench/train_step.py [--steps 20] [--warmup 3] [--threads N] [--device cpu|cuda] [--compile]
-                               [--objectives vjepa ar_video]
+                               [--objectives vjepa ar_video] [--positions sincos rope_vjepa2]
+
+--positions times each step once per position scheme (sin-cos tables; V-JEPA 2's rotary ones).
 
 --compile also times the same step with every transformer block torch.compile'd (as the objective's
 `compile: true` does), after a longer warm-up that absorbs the compilation.
@@ -122,10 +124,11 @@ def time_steps(step: Callable[[dict, int], torch.Tensor], batches: list[dict], w
     return (len(batches) - warmup) / (time.perf_counter() - start), last
 
 
-def build(objective: str, device: str) -> torch.nn.Module:
-    """The bench model of `objective` (same encoder for both), seeded."""
+def build(objective: str, device: str, positions: str = "sincos") -> torch.nn.Module:
+    """The bench model of `objective` (same encoder for both; `positions`: see VisionTransformer), seeded."""
     torch.manual_seed(0)
-    encoder = VisionTransformer(embed_dim=192, depth=6, num_heads=3, patch_size=PATCH, tubelet_size=TUBELET)
+    encoder = VisionTransformer(embed_dim=192, depth=6, num_heads=3, patch_size=PATCH, tubelet_size=TUBELET,
+                                positions=positions)
     if objective == "vjepa":
         model: torch.nn.Module = VJEPA(encoder, predictor_embed_dim=96, predictor_depth=3, predictor_num_heads=3,
                                        total_steps=1000)
@@ -136,8 +139,9 @@ def build(objective: str, device: str) -> torch.nn.Module:
     return model.to(device)
 
 
-def describe(objective: str, device: str, batch: dict) -> str:
-    head = f"{objective} train step  device={device} threads={torch.get_num_threads()} fp32 batch={BATCH} tokens=512"
+def describe(objective: str, device: str, batch: dict, positions: str = "sincos") -> str:
+    head = (f"{objective} train step  positions={positions} device={device} threads={torch.get_num_threads()} "
+            f"fp32 batch={BATCH} tokens=512")
     if objective == "vjepa":
         ctx = [m["context"].shape[1] for m in batch["masks"]]
         tgt = [m["target"].shape[1] for m in batch["masks"]]
@@ -145,12 +149,12 @@ def describe(objective: str, device: str, batch: dict) -> str:
     return f"{head} (8 steps x 64, block-causal, head 192-768-384)"
 
 
-def bench(objective: str, args) -> None:
-    model = build(objective, args.device)
+def bench(objective: str, args, positions: str = "sincos") -> None:
+    model = build(objective, args.device, positions)
     masks = objective == "vjepa"
     batches = bench_batches(args.warmup + args.steps, BATCH, FRAMES, SIZE, PATCH, TUBELET, args.device, masks=masks)
     rate, loss = time_steps(make_step(model, model.configure_optimizers()), batches, args.warmup)
-    print(describe(objective, args.device, batches[-1]))
+    print(describe(objective, args.device, batches[-1], positions))
     print(f"  {rate:.2f} steps/s  {rate * BATCH:.1f} clips/s  {1000 / rate:.0f} ms/step  (last loss {loss:.4f})")
     if args.compile:
         model = copy.deepcopy(model)  # the same networks (their weights do not matter for speed)
@@ -172,11 +176,14 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--compile", action="store_true", help="also time the step with compiled blocks")
     parser.add_argument("--objectives", nargs="+", choices=OBJECTIVES, default=list(OBJECTIVES))
+    parser.add_argument("--positions", nargs="+", choices=["sincos", "rope", "rope_vjepa2"], default=["sincos"],
+                        help="time each objective's step with each position scheme")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     for name in args.objectives:
-        bench(name, args)
+        for positions in args.positions:
+            bench(name, args, positions)
 
 
 if __name__ == "__main__":

@@ -17,6 +17,8 @@ from .resumable import ResumableDataLoader
 from .samplers import ClipSampler, WeightedClipSampler
 from .shards import pack, read_shard_set
 from .streaming import ShardClipStream, StreamingVideoDataModule
+from .two_rooms import TwoRooms, TwoRoomsLayout
+from .two_rooms_module import TwoRoomsDataModule
 
 __all__ = [
     "VideoDataModule",
@@ -41,4 +43,7 @@ __all__ = [
     "default_demo_dir",
     "read_manifest",
     "DemoManifests",
+    "TwoRooms",
+    "TwoRoomsLayout",
+    "TwoRoomsDataModule",
 ]

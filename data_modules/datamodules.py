@@ -11,16 +11,23 @@ from typing import Any, Callable, Literal
 import lightning.pytorch as pl
 from torch.utils.data import DataLoader, Dataset, default_collate
 
+from arjepa_pl.errors import ConfigError
 from arjepa_pl.normalization import IMAGENET_MEAN, IMAGENET_STD
 
 from .bad_samples import SkippedVideosReport
 from .clip import ClipOptions
 from .datasets import VideoClipDataset
-from .demo_videos import default_demo_dir, ensure_demo_videos
+from .demo_videos import NUM_CLASSES, default_demo_dir, ensure_demo_videos
+from .manifest import read_manifest
 from .resumable import ResumableDataLoader
 from .samplers import ClipSampler, WeightedClipSampler
 
 log = logging.getLogger("arjepa_pl.data")
+
+
+def as_list(value: str | list[str] | None) -> list[str]:
+    """One path or several (a manifest argument) as a list."""
+    return [] if value is None else [value] if isinstance(value, str) else list(value)
 
 
 def objective_collate_fn(trainer: pl.Trainer | None) -> Callable[[list], Any]:
@@ -230,6 +237,9 @@ class VideoDataModule(ClipDataModule):
         self.save_hyperparameters()
         if mix_weights is not None and train_manifest is None:
             raise ValueError("mix_weights needs train manifests to mix")
+        if mix_weights is not None and len(mix_weights) != len(as_list(train_manifest)):
+            raise ValueError(f"mix_weights has {len(mix_weights)} weights for {len(as_list(train_manifest))} "
+                             "train manifests")
         self.train_manifest = train_manifest
         self.val_manifest = val_manifest
         self.demo_dir = demo_dir
@@ -238,6 +248,22 @@ class VideoDataModule(ClipDataModule):
     @property
     def uses_demo(self) -> bool:
         return self.train_manifest is None
+
+    def check_inputs(self) -> None:
+        """Pre-flight check (arjepa_pl.validation, before anything is written): every manifest exists,
+        is not empty and parses. Raises ConfigError naming the argument and the file."""
+        for name in ("train_manifest", "val_manifest"):
+            for path in as_list(getattr(self, name)):
+                try:
+                    read_manifest(path)
+                except (OSError, ValueError) as e:
+                    raise ConfigError(name, path, str(e)) from None
+
+    def label_values(self) -> list[int]:
+        """The distinct labels of the training set (the pre-flight check of probe tasks reads them)."""
+        if self.uses_demo:
+            return list(range(NUM_CLASSES))
+        return sorted({label for path in as_list(self.train_manifest) for _, label in read_manifest(path)})
 
     def _manifests(self) -> tuple[str | list[str], str | list[str] | None]:
         """(train, val) manifest paths, generating the demo set if it is used."""
@@ -260,9 +286,6 @@ class VideoDataModule(ClipDataModule):
                     **vars(self.clip_options))
         self.train_dataset = self.dataset_class(train_manifest, train=True, **args)
         self.val_dataset = self.dataset_class(val_manifest, train=False, **args) if val_manifest else None
-        if self.mix_weights is not None and len(self.mix_weights) != len(self.train_dataset.source_sizes):
-            raise ValueError(f"mix_weights has {len(self.mix_weights)} weights for "
-                             f"{len(self.train_dataset.source_sizes)} train manifests")
         if self.rank == 0:
             sizes = self.train_dataset.source_sizes
             val_info = f"{len(self.val_dataset)} val clips" if self.val_dataset else "no validation"

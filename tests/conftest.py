@@ -1,6 +1,11 @@
 import pytest
 
+from arjepa_pl import quiet
 from data_modules import ensure_demo_videos
+
+
+def pytest_configure(config):
+    quiet.install()  # pytest dropped the package's warning filters with the collection's (see quiet.py)
 
 
 @pytest.fixture(scope="session")

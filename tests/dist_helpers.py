@@ -24,7 +24,12 @@ REPO = Path(__file__).resolve().parents[1]
 def cli_env(**extra) -> dict:
     """Environment for a CLI subprocess: this checkout first on the path, offline, one thread per
     process (2 ranks on 2 cores)."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("SLURM_", "LOCAL_RANK", "NODE_RANK", "WORLD_SIZE"))}
+    # WANDB_SERVICE: wandb exports the address of this (pytest) process's wandb-core once an in-process
+    # test has logged to W&B; a child that inherits it registers its run in that long-lived service, so a
+    # requeued job resuming the same run id is refused ("run ID ... is in use") by the stream its killed
+    # first attempt left there. Each child starts its own service, as a job launched from a shell does.
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("SLURM_", "LOCAL_RANK", "NODE_RANK", "WORLD_SIZE")) and k != "WANDB_SERVICE"}
     env.update(PYTHONPATH=str(REPO), WANDB_MODE="offline", OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
     env.update(extra)
     return env
@@ -131,3 +136,39 @@ class ShardReport(L.Callback):
                   "local_fraction": local / sum(p.numel() for p in enc), "world_size": trainer.world_size}
         if trainer.is_global_zero:
             Path(self.path).write_text(json.dumps(report))
+
+
+class NaNAt(L.Callback):
+    """Puts a NaN into the training batch of optimizer step `step` (the loss and gradients turn non-finite)."""
+
+    def __init__(self, step: int):
+        self.step = step
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        if trainer.global_step == self.step:
+            batch["video"][0, 0, 0, 0, 0] = float("nan")
+
+
+class FillDisk(L.Callback):
+    """Fills the file system of the run directory (a small tmpfs in tests) before optimizer step `step`,
+    so that the checkpoint of that step finds no space."""
+
+    def __init__(self, step: int):
+        self.step = step
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        if trainer.global_step == self.step and trainer.is_global_zero:
+            with open(Path(trainer.default_root_dir) / "filler", "wb", buffering=0) as f:
+                for chunk in (1 << 20, 1 << 12):  # to the last page
+                    try:
+                        while True:
+                            f.write(b"\0" * chunk)
+                    except OSError:
+                        pass
+
+
+class BuggyCallback(L.Callback):
+    """A programming error (not a user's mistake): the CLI must show its traceback."""
+
+    def __init__(self):
+        raise RuntimeError("a bug in a constructor")

@@ -14,9 +14,14 @@ import torch
 from arjepa_pl.cli import ArJepaCLI
 
 REPO = Path(__file__).resolve().parents[1]
-# A CSV logger instead of the configs' W&B one (tests/test_wandb.py covers W&B): metrics.csv is simple to read.
+# Lightning's CSV logger alone instead of the configs' CSV + W&B pair (tests/test_wandb.py covers W&B): no
+# W&B start-up. A logger given on the command line starts from its own defaults: save_dir is the run's.
 QUIET = ["--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false",
          "--trainer.logger", "lightning.pytorch.loggers.CSVLogger", "--trainer.logger.init_args.name", "logs"]
+
+
+def quiet(run_dir: Path) -> list[str]:
+    return [*QUIET, "--trainer.logger.init_args.save_dir", str(run_dir)]
 
 
 def logged(run_dir: Path, key: str) -> list[float]:
@@ -28,7 +33,7 @@ def logged(run_dir: Path, key: str) -> list[float]:
 def small_video(config: str, run_dir: Path, demo_manifests, steps: int) -> list[str]:
     """The config on 8 frames of 32x32 (4 steps of 4x4 tokens), a 2-layer encoder, validation twice
     on the same 8 clips."""
-    return ["--config", str(REPO / "configs" / config), "--trainer.default_root_dir", str(run_dir), *QUIET,
+    return ["--config", str(REPO / "configs" / config), "--trainer.default_root_dir", str(run_dir), *quiet(run_dir),
             "--trainer.max_steps", str(steps), "--trainer.val_check_interval", str(steps // 2), "--trainer.limit_val_batches", "2",
             "--trainer.log_every_n_steps", "1", "--trainer.accelerator", "cpu",
             "--data.train_manifest", str(demo_manifests.train), "--data.val_manifest", str(demo_manifests.val),
@@ -38,7 +43,7 @@ def small_video(config: str, run_dir: Path, demo_manifests, steps: int) -> list[
 
 
 def readme_ar_commands() -> list[list[str]]:
-    section = (REPO / "README.md").read_text().split("## Autoregressive models", 1)[1].split("\n## ", 1)[0]
+    section = (REPO / "docs/autoregressive.md").read_text()
     blocks = re.findall(r"```bash\n(.*?)```", section, re.S)
     return [shlex.split(line) for block in blocks for line in block.splitlines() if line.startswith("python -m arjepa_pl")]
 
@@ -112,7 +117,7 @@ def test_ar_video_tokens_fits_a_tokenizer_once_and_reports_bits_per_dim(tmp_path
 def test_ar_text_fits_and_samples(tmp_path):
     corpus = Path(json.__file__).parent.parent  # the standard library, as the config's default, but a slice:
     run_dir = tmp_path / "run"
-    args = ["--config", str(REPO / "configs/ar_text.yaml"), "--trainer.default_root_dir", str(run_dir), *QUIET,
+    args = ["--config", str(REPO / "configs/ar_text.yaml"), "--trainer.default_root_dir", str(run_dir), *quiet(run_dir),
             "--trainer.max_steps", "30", "--trainer.val_check_interval", "10", "--trainer.limit_val_batches", "2",
             "--trainer.log_every_n_steps", "1", "--trainer.accelerator", "cpu",
             "--data.root", str(corpus / "json"), "--data.val_percent", "40", "--data.seq_len", "64",

@@ -230,11 +230,11 @@ def test_streaming_datamodule_from_config(tmp_path):
 
 
 # ----------------------------------------------------------------------------
-# the README's "Your own videos" commands, on the demo data
+# the commands of docs/data.md ("your own data"), on the demo data
 
 
 def readme_own_videos_commands() -> list[list[str]]:
-    section = (REPO / "README.md").read_text().split("## Your own videos", 1)[1].split("\n## ", 1)[0]
+    section = (REPO / "docs/data.md").read_text()
     blocks = re.findall(r"```bash\n(.*?)```", section, re.S)
     return [shlex.split(line) for block in blocks for line in block.replace("\\\n", " ").splitlines() if line.strip()]
 

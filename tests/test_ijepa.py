@@ -1,4 +1,4 @@
-"""I-JEPA: multi-block 2-D masks against REFERENCE.md §2, the JEPA objective on images (one block at a
+"""I-JEPA: multi-block 2-D masks against I-JEPA's public collator, the JEPA objective on images (one block at a
 time through the predictor), the image / frame data module, and configs/ijepa.yaml end to end."""
 
 import csv
@@ -34,7 +34,7 @@ CFG = MultiBlock2DConfig()
 
 
 # ---------------------------------------------------------------------------------------------
-# mask statistics (REFERENCE §2, I-JEPA at 14x14, batch 128)
+# mask statistics (I-JEPA's public collator at 14x14, batch 128)
 
 
 @pytest.fixture(scope="module")
@@ -58,9 +58,9 @@ def test_target_block_is_17_percent(stats):
 
 
 def test_union_of_four_targets_and_context_per_sample(stats):
-    # The reference: union ~45 %, context ~41 % per sample, ~24 % after truncation. Ours places blocks
+    # I-JEPA's public collator: union ~45 %, context ~41 % per sample, ~24 % after truncation. Ours places blocks
     # over the full grid: targets touching the last row / column overlap each other a little less
-    # (union ~47 %), and the context block is no longer cut to 13x13 (the reference must shrink it so
+    # (union ~47 %), and the context block is no longer cut to 13x13 (I-JEPA's code must shrink it so
     # its exclusive position bound has room) nor always holds every target, so a few % more context
     # survives (~46 %, ~30 % after truncation).
     assert 0.45 - 0.02 <= stats["union"] <= 0.45 + 0.04
@@ -92,7 +92,7 @@ def test_no_position_bias_last_row_and_column():
         assert (covered > 0).all(), name
         rows, cols = covered.mean(1), covered.mean(0)
         # Positions are uniform over the full grid, so coverage is mirror-symmetric: the last row and
-        # column are covered as often as the first (the reference never covers them, ijepa #60).
+        # column are covered as often as the first (I-JEPA's code never covers them, ijepa #60).
         assert rows[-1] == pytest.approx(rows[0], rel=0.1), (name, rows)
         assert cols[-1] == pytest.approx(cols[0], rel=0.1), (name, cols)
 

@@ -356,7 +356,7 @@ def test_readme_export_commands_parse():
 
     from arjepa_pl.interop.export import parser
 
-    section = (REPO / "README.md").read_text().split("### Official checkpoints and export", 1)[1].split("\n## ", 1)[0]
+    section = (REPO / "docs/interop.md").read_text().split("## Export", 1)[1].split("\n## ", 1)[0]
     lines = [line.split("#")[0] for block in re.findall(r"```bash\n(.*?)```", section, re.S) for line in block.splitlines()]
     commands = [shlex.split(line) for line in lines if line.startswith("python -m arjepa_pl export")]
     assert len(commands) == 3

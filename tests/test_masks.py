@@ -1,4 +1,4 @@
-"""Tests for the V-JEPA multiblock-3D masks and the mask collator (REFERENCE.md §2)."""
+"""Tests for the V-JEPA multiblock-3D masks and the mask collator, against V-JEPA's public collator."""
 
 import pickle
 
@@ -24,7 +24,7 @@ N_TOKENS = 8 * 14 * 14
 
 
 # ---------------------------------------------------------------------------------------------
-# statistics against the reference collator's measurements
+# statistics against V-JEPA's public collator's measurements
 
 # (context after truncation, target after truncation, masked fraction before truncation)
 REFERENCE_STATS = {"short": (0.233, 0.478, 0.628), "long": (0.065, 0.705, 0.811)}

@@ -42,7 +42,7 @@ def test_bad_input_sizes_are_clear_errors():
         vit(torch.randn(1, 3, 32, 32))
     with pytest.raises(ValueError, match="preset"):
         VisionTransformer(preset="gigantic")
-    with pytest.raises(ValueError, match="divisible by 5 heads"):
+    with pytest.raises(ValueError, match="embed_dim 48 must be divisible by num_heads 5"):
         VisionTransformer(embed_dim=48, depth=1, num_heads=5)
 
 
@@ -57,7 +57,7 @@ def test_preset_parameter_counts(preset, millions):
 
 
 def test_vitl_matches_official_layout():
-    # REFERENCE §7: 293 tensors with the fixed position table, which we compute instead of storing.
+    # Official V-JEPA ViT-L encoders: 293 tensors with the fixed position table, which we compute instead of storing.
     with torch.device("meta"):
         sd = VisionTransformer("large").state_dict()
     assert len(sd) == 292

@@ -148,5 +148,11 @@ def test_loggers_can_be_switched_off_or_to_csv(tmp_path, demo_manifests):
     base = ["--config", str(REPO / "configs/vjepa.yaml"), "--trainer.default_root_dir", str(tmp_path),
             "--data.train_manifest", str(demo_manifests.train)]
     assert ArJepaCLI(args=[*base, "--trainer.logger", "false"], run=False).trainer.logger is None
-    csv = ArJepaCLI(args=[*base, "--trainer.logger", "lightning.pytorch.loggers.CSVLogger"], run=False).trainer.logger
+    # The configs' pair is CSV (first: its directory is the run's log_dir) and W&B (last: the target of
+    # --trainer.logger.KEY overrides); a logger named on the command line replaces both.
+    both = ArJepaCLI(args=base, run=False).trainer
+    assert [type(logger).__name__ for logger in both.loggers] == ["CSVLogger", "WandbLogger"]
+    assert Path(both.log_dir) == tmp_path and all(Path(logger.save_dir) == tmp_path for logger in both.loggers)
+    csv = ArJepaCLI(args=[*base, "--trainer.logger", "arjepa_pl.loggers.CSVLogger", "--trainer.logger.save_dir",
+                          str(tmp_path)], run=False).trainer.logger
     assert type(csv).__name__ == "CSVLogger" and Path(csv.save_dir) == tmp_path

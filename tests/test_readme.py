@@ -7,6 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from arjepa_pl.cli import main
+
 REPO = Path(__file__).resolve().parents[1]
 README = (REPO / "README.md").read_text()
 
@@ -28,9 +30,10 @@ def test_ci_runs_the_readme_test_command_verbatim():
 
 
 @pytest.mark.slow
-def test_readme_train_command_runs(tmp_path, demo_manifests):
+def test_readme_train_command_runs_and_its_loss_is_readable_without_wandb(tmp_path, demo_manifests, capsys):
     """The README's training command, as a user types it, shortened by overrides (the full 300-step
-    run is what the README promises; CI has no time for it)."""
+    run is what the README promises; CI has no time for it); then the README's `summary` command on
+    its run directory prints the loss and draws the curves."""
     train, _ = quick_start_commands()
     command = train.split(" && ", 1)[1].split()
     assert command[:2] == ["python", "-m"]
@@ -40,7 +43,18 @@ def test_readme_train_command_runs(tmp_path, demo_manifests):
                  "--trainer.enable_progress_bar", "false"]
     done = subprocess.run([sys.executable, *command[1:], *overrides], cwd=REPO, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
-    assert (tmp_path / "run" / "checkpoints" / "last.ckpt").is_file()
+    run = tmp_path / "run"
+    assert (run / "checkpoints" / "last.ckpt").is_file() and (run / "metrics.csv").is_file()
+    assert f"{run}: step 3 / 3" in done.stdout and "train/loss" in done.stdout  # the end-of-fit summary
+    (run / "curves.png").unlink()
+
+    (summary,) = [block for block in re.findall(r"```bash\n(.*?)```", README, re.S) if " summary " in block]
+    command = summary.split()
+    assert command[:4] == ["python", "-m", "arjepa_pl", "summary"]
+    main([*command[3:-1], str(run)])
+    out = capsys.readouterr().out
+    assert re.search(r"^train/loss +\d", out, re.M) and re.search(r"^val/loss +\d", out, re.M)
+    assert f"curves: {run / 'curves.png'}" in out and (run / "curves.png").stat().st_size > 10_000
 
 
 def code_map() -> str:

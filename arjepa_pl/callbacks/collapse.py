@@ -24,7 +24,7 @@ from lightning_utilities.core.apply_func import apply_to_collection
 
 from arjepa_pl.feature_stats import as_rows, normalized_std, rankme
 
-README_SECTION = "README.md, section 'Collapse: how to read the metrics'"
+COLLAPSE_DOCS = "docs/collapse.md"
 
 
 @runtime_checkable
@@ -195,7 +195,7 @@ class CollapseMonitor(L.Callback):
             "The features are losing their spread, so a falling loss no longer means learning. "
             "Try, one at a time: a lower learning rate or a longer warm-up; a slower EMA teacher "
             "(ema_momentum closer to 1, e.g. [0.998, 1.0]); the VICReg terms (vicreg_var_coeff: 1.0, "
-            f"vicreg_cov_coeff: 0.04). See {README_SECTION}.{action}",
+            f"vicreg_cov_coeff: 0.04). See {COLLAPSE_DOCS}.{action}",
             category=UserWarning,
         )
 

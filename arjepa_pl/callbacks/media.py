@@ -4,7 +4,8 @@ Every picture is written as a PNG and every video as an H.264 mp4 under `<run di
 (useful without W&B), and logged as `media/<name>` to every WandbLogger of the trainer.
 
 Built in: for batches that carry JEPA masks (batch["masks"] = [{"context": [B, Kc], "target": [B, Kt]}, ...]
-of flat (t, h, w) token indices), one picture per mask configuration, `masks<i>`.
+of flat (t, h, w) token indices), one picture per mask configuration, `masks<i>`, titled with the step
+and the configuration (arjepa_pl.pictures.mask_pictures says what each colour means).
 
 Protocol for everything else (AR rollouts, probe confusion matrices, ...): a LightningModule may define
 
@@ -17,6 +18,7 @@ under no_grad and the trainer's precision, on every rank (so sharded models work
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Optional, Sequence
 
@@ -73,6 +75,20 @@ def write_media(media: dict, dirpath: str | Path, step: int, loggers: Sequence =
     return written
 
 
+def describe(config) -> str:
+    """A mask configuration in a few words: its first three fields (MaskConfig: num_blocks,
+    spatial_scale, temporal_scale; MultiBlock2DConfig: num_targets, target_scale, ...)."""
+    if not dataclasses.is_dataclass(config):
+        return str(config)
+
+    def text(value) -> str:
+        if isinstance(value, (tuple, list)):
+            return f"{text(value[0])}" if len(set(value)) == 1 else "-".join(text(v) for v in value)
+        return f"{value:g}" if isinstance(value, float) else str(value)
+
+    return ", ".join(f"{f.name} {text(getattr(config, f.name))}" for f in dataclasses.fields(config)[:3])
+
+
 def first_clips(batch, k: int):
     """The first `k` entries of every tensor in a batch, detached, on the CPU."""
     return apply_to_collection(batch, torch.Tensor, lambda t: t[:k].detach().cpu() if t.ndim else t.detach().cpu())
@@ -119,13 +135,17 @@ class MediaLogger(L.Callback):
         """The built-in mask pictures (rank 0) and the module's own `media(batch)` (every rank)."""
         media = {}
         encoder = getattr(pl_module, "encoder", None)
-        if trainer.is_global_zero and isinstance(batch, dict) and batch.get("masks") and "video" in batch \
-                and encoder is not None and hasattr(encoder, "patch_size"):
+        clips = batch.get("video", batch.get("image")) if isinstance(batch, dict) else None
+        if trainer.is_global_zero and clips is not None and batch.get("masks") and encoder is not None \
+                and hasattr(encoder, "patch_size"):
             # Trainer.datamodule is set by Lightning's DataConnector but not declared on the class.
             data = trainer.datamodule  # type: ignore[attr-defined]
-            media.update(mask_pictures(batch["video"], batch["masks"], getattr(encoder, "tubelet_size", 1),
+            configs = getattr(pl_module, "masks", None) or [None] * len(batch["masks"])
+            titles = [f"masks{i} at step {trainer.global_step}" + (f": {describe(c)}" if c is not None else "")
+                      for i, c in enumerate(configs)]
+            media.update(mask_pictures(clips, batch["masks"], getattr(encoder, "tubelet_size", 1),
                                        encoder.patch_size, getattr(data, "mean", None), getattr(data, "std", None),
-                                       num_frames=self.num_frames))
+                                       num_frames=self.num_frames, titles=titles))
         module_media = getattr(pl_module, "media", None)
         if callable(module_media):
             training = pl_module.training

@@ -10,7 +10,7 @@ validation it classifies the validation clips and logs `online_probe/<task>/acc`
 validation, before each update), summed over ranks.
 
 It is a monitor, not the evaluation: the head chases a moving encoder and sees augmented clips (see
-the README's flip caveat); report the frozen probes (arjepa_pl.evaluation) as results.
+the flip caveat in docs/evaluation.md); report the frozen probes (arjepa_pl.evaluation) as results.
 """
 
 from __future__ import annotations

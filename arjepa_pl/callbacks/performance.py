@@ -84,7 +84,10 @@ def batch_clips_and_tokens(pl_module: L.LightningModule, batch) -> tuple[int, Op
     from the module's encoder grid when it has one."""
     video = batch.get("video") if isinstance(batch, dict) else None
     if video is None:
-        first = batch[0] if isinstance(batch, (list, tuple)) else batch
+        if isinstance(batch, dict):  # e.g. world-model windows {"frames", "actions", ...}: its first tensor
+            first = next((v for v in batch.values() if torch.is_tensor(v) and v.ndim), None)
+        else:
+            first = batch[0] if isinstance(batch, (list, tuple)) else batch
         return (int(first.size(0)) if torch.is_tensor(first) else 1), None
     encoder = getattr(pl_module, "encoder", None)
     tokens = None

@@ -16,7 +16,7 @@ from lightning.pytorch.utilities import rank_zero_info
 from PIL import Image
 
 from arjepa_pl.objectives.ar_metrics import HorizonMetrics
-from arjepa_pl.pictures import rollout_frames, rollout_strip
+from arjepa_pl.pictures import rollout_frames, rollout_picture
 from arjepa_pl.video_io import write_mp4
 
 
@@ -65,7 +65,9 @@ class RolloutWriter(BasePredictionWriter):
                 continue
             name = (f"clip{int(index[b]):05d}" if index is not None
                     else f"rank{trainer.global_rank}_clip{self.clips:05d}")
-            Image.fromarray(rollout_strip(context[b], pred[b], truth[b])).save(self.dir / f"{name}.png")
+            Image.fromarray(rollout_picture([(context[b], pred[b], truth[b])], names=[name],
+                                            title=f"{name}: rollout of the model at step {trainer.global_step}")
+                            ).save(self.dir / f"{name}.png")
             write_mp4(self.dir / f"{name}.mp4", rollout_frames(context[b], pred[b], truth[b]), fps=self.fps)
             self.written += 1
 

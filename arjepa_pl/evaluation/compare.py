@@ -97,11 +97,12 @@ def resolved_config(args: list[str]) -> Namespace:
     raise RuntimeError("unreachable: the CLI instantiated its classes")
 
 
-def check_fairness(configs: dict[str, Namespace]) -> None:
-    """Error listing every MUST_MATCH key and optimiser setting that differs between objectives."""
+def check_fairness(configs: dict[str, Namespace], extra_keys: tuple[str, ...] = ()) -> None:
+    """Error listing every MUST_MATCH key, optimiser setting and `extra_keys` entry (dotted config keys a
+    caller also needs equal) that differs between objectives."""
     names = list(configs)
     problems = []
-    keys = list(MUST_MATCH) + [f"model.init_args.{k}" for k in OPTIMIZER_KEYS]
+    keys = list(MUST_MATCH) + [f"model.init_args.{k}" for k in OPTIMIZER_KEYS] + list(extra_keys)
     for key in keys:
         values = {name: plain(configs[name].get(key)) for name in names}  # jsonargparse reads dotted keys
         if any(v != values[names[0]] for v in values.values()):
@@ -144,6 +145,55 @@ def execute(command: list[str], log_path: Path, record: Path, dry_run: bool) -> 
         raise RuntimeError(f"command failed (exit {code}): {line}\n--- end of {log_path} ---\n{tail}")
 
 
+def check_run_arguments(command: str, objectives: Sequence[Pretraining], reserved: Sequence[str],
+                        seeds: Sequence[int], steps: int, optimizer: Optional[dict], evaluation_config: str) -> None:
+    """What compare and plan_benchmark refuse before running anything: no objective, names that clash
+    (with each other, with a baseline's `reserved` name, or holding '/', the run separator), seeds not
+    distinct, no steps, an optimiser key the fairness check does not cover, a config that is not there."""
+    if not objectives:
+        raise ValueError(f"{command} needs at least one objective")
+    names = [o.name for o in objectives]
+    if len(set(names)) != len(names) or set(names) & set(reserved) or any("/" in n for n in names):
+        raise ValueError(f"objective names must be distinct, without '/', and not {list(reserved)}: {names}")
+    if not seeds or len(set(seeds)) != len(seeds):
+        raise ValueError(f"seeds must be distinct and at least one, got {list(seeds)}")
+    if steps < 1:
+        raise ValueError(f"steps must be >= 1, got {steps}")
+    unknown = set(optimizer or {}) - set(OPTIMIZER_KEYS)
+    if unknown:
+        raise ValueError(f"unknown optimizer keys {sorted(unknown)}; use {', '.join(OPTIMIZER_KEYS)}")
+    for path in [evaluation_config] + [o.config for o in objectives]:
+        if not Path(path).is_file():
+            raise FileNotFoundError(f"config not found: {path} (paths are relative to {os.getcwd()})")
+
+
+def with_seed(args: Sequence[str], seed: int) -> list[str]:
+    """Command-line arguments with every `{seed}` replaced by the run's seed."""
+    return [a.replace("{seed}", str(seed)) for a in args]
+
+
+def fit_command(python: list[str], objective: Pretraining, run: Run, steps: int, pretrain_args: Sequence[str],
+                optimizer_args: Sequence[str]) -> list[str]:
+    """One objective's run as `fit` (`python`: launcher and interpreter up to `-m arjepa_pl`): the shared
+    arguments, the equal optimiser, the objective's own, then the run's seed, steps and directory,
+    resuming from its checkpoint when it has one."""
+    return [*python, "fit", "--config", objective.config, *with_seed(pretrain_args, run.seed), *optimizer_args,
+            *with_seed(objective.args, run.seed), f"--seed_everything={run.seed}", f"--trainer.max_steps={steps}",
+            f"--trainer.default_root_dir={run.directory}", RUN_SUMMARY, "--ckpt_path=last"]
+
+
+def train_runs(tag: str, runs: Sequence[Run], command, out: Path, steps: int, dry_run: bool) -> None:
+    """Trains each run that has not finished (its fit summary says so) with `command(run)`, one after
+    the other, stopping at a run that exits unfinished (pre-empted)."""
+    for run in runs:
+        if is_complete(run.directory, "fit", steps):
+            print(f"[{tag}] {run.name}: trained already ({run.directory / SUMMARY})")
+            continue
+        print(f"[{tag}] training {run.name}", flush=True)
+        execute(command(run), run.directory / "fit.log", out / "commands.txt", dry_run)
+        require_complete(run.directory, "fit", steps, dry_run)
+
+
 def compare(
     objectives: list[Pretraining],
     probe_config: str,
@@ -180,51 +230,32 @@ def compare(
         dry_run: print the commands and check the configs; run nothing.
         wandb_project: W&B project of the results run (null: no W&B).
     """
-    if not objectives:
-        raise ValueError("compare needs at least one objective")
+    check_run_arguments("compare", objectives, ("random_init",), seeds, steps, optimizer, probe_config)
     names = [o.name for o in objectives]
-    if len(set(names)) != len(names) or "random_init" in names or any("/" in n for n in names):
-        raise ValueError(f"objective names must be distinct, without '/', and not 'random_init': {names}")
-    if not seeds or len(set(seeds)) != len(seeds):
-        raise ValueError(f"seeds must be distinct and at least one, got {list(seeds)}")
-    if steps < 1:
-        raise ValueError(f"steps must be >= 1, got {steps}")
-    unknown = set(optimizer or {}) - set(OPTIMIZER_KEYS)
-    if unknown:
-        raise ValueError(f"unknown optimizer keys {sorted(unknown)}; use {', '.join(OPTIMIZER_KEYS)}")
-    for path in [probe_config] + [o.config for o in objectives]:
-        if not Path(path).is_file():
-            raise FileNotFoundError(f"config not found: {path} (paths are relative to {os.getcwd()})")
     out = Path(out_dir)
-
-    def with_seed(args, seed):
-        return [a.replace("{seed}", str(seed)) for a in args]
 
     optimizer_args = [f"--model.init_args.{k}={json.dumps(v)}" for k, v in (optimizer or {}).items()]
 
-    python = [*launcher, sys.executable, "-m", "arjepa_pl", "fit"]
+    python = [*launcher, sys.executable, "-m", "arjepa_pl"]
 
     def pretrain_command(objective: Pretraining, run: Run) -> list[str]:
-        return [*python, "--config", objective.config,
-                *with_seed(pretrain_args, run.seed), *optimizer_args, *with_seed(objective.args, run.seed),
-                f"--seed_everything={run.seed}", f"--trainer.max_steps={steps}",
-                f"--trainer.default_root_dir={run.directory}", RUN_SUMMARY, "--ckpt_path=last"]
+        return fit_command(python, objective, run, steps, pretrain_args, optimizer_args)
 
     # Fairness first: every objective's resolved config (seed 0's) must agree where it matters.
     resolved = {o.name: resolved_config(
-                    pretrain_command(o, Run(o.name, seeds[0], out / o.name / "check"))[len(python):-1])
+                    pretrain_command(o, Run(o.name, seeds[0], out / o.name / "check"))[len(python) + 1:-1])
                 for o in objectives}
     check_fairness(resolved)
     encoder = plain(resolved[names[0]].get("model.init_args.encoder"))
     random_encoder = ["--model.init_args.encoder_checkpoint=null", f"--model.init_args.encoder={json.dumps(encoder)}"]
 
     def probe_command(run: Run, encoder_args: list[str]) -> list[str]:
-        return [*python, "--config", probe_config, *with_seed(probe_args, run.seed), *encoder_args,
+        return [*python, "fit", "--config", probe_config, *with_seed(probe_args, run.seed), *encoder_args,
                 f"--seed_everything={run.seed}", f"--trainer.default_root_dir={run.directory / 'probe'}",
                 RUN_SUMMARY, "--ckpt_path=last"]
 
     # The probe's config is checked now too, not after hours of pretraining.
-    resolved_config(probe_command(Run("random_init", seeds[0], out / "check"), random_encoder)[len(python):-1])
+    resolved_config(probe_command(Run("random_init", seeds[0], out / "check"), random_encoder)[len(python) + 1:-1])
 
     runs = [Run(o.name, seed, out / o.name / f"seed{seed}") for seed in seeds for o in objectives]
     baselines = ([Run("random_init", seed, out / "random_init" / f"seed{seed}") for seed in seeds]
@@ -235,14 +266,8 @@ def compare(
 
     by_name = {o.name: o for o in objectives}
     if stage in ("all", "pretrain"):
-        for run in filter(selected, runs):
-            if is_complete(run.directory, "fit", steps):
-                print(f"[compare] {run.name}: pretrained already ({run.directory / SUMMARY})")
-                continue
-            print(f"[compare] pretraining {run.name}", flush=True)
-            execute(pretrain_command(by_name[run.objective], run), run.directory / "fit.log", out / "commands.txt",
-                    dry_run)
-            require_complete(run.directory, "fit", steps, dry_run)
+        train_runs("compare", list(filter(selected, runs)), lambda run: pretrain_command(by_name[run.objective], run),
+                   out, steps, dry_run)
 
     if stage in ("all", "probe"):
         for run in filter(selected, runs + baselines):

@@ -21,3 +21,17 @@ def average_view_probabilities(logits: torch.Tensor, views: int) -> torch.Tensor
     if logits.size(0) % views:
         raise ValueError(f"{logits.size(0)} rows are not a whole number of samples of {views} views")
     return logits.float().softmax(-1).view(-1, views, logits.size(-1)).mean(1)
+
+
+def concatenate_segments(features: torch.Tensor, views: int, segments: int) -> tuple[torch.Tensor, int]:
+    """Token features [B * V, N, D] of V = segments x crops views per sample (segment-major, as the data
+    modules stack them) -> ([B * crops, segments * N, D], crops): each crop's segments as one token
+    sequence, in time order, so the probe classifies a whole video per crop (V-JEPA 2's protocol: K400
+    8 segments, SSv2 2, x 3 crops at evaluation)."""
+    if views % segments:
+        raise ValueError(f"{views} views per sample are not a whole number of {segments} temporal segments: "
+                         "set the data module's num_clips to the probe's segments")
+    crops = views // segments
+    rows, tokens, dim = features.shape
+    grouped = features.view(rows // views, segments, crops, tokens, dim).transpose(1, 2)
+    return grouped.reshape(rows // segments, segments * tokens, dim), crops

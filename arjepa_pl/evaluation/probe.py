@@ -20,7 +20,7 @@ from torch import nn
 from torchmetrics import Metric
 from torchmetrics.classification import MulticlassAccuracy
 
-from arjepa_pl.evaluation.multiview import average_view_probabilities, flatten_views
+from arjepa_pl.evaluation.multiview import average_view_probabilities, concatenate_segments, flatten_views
 from arjepa_pl.evaluation.tasks import ProbeTask, as_tasks
 from arjepa_pl.models import AttentiveClassifier, FeatureExtractor, LinearClassifier, VisionTransformer
 from arjepa_pl.optim import ScheduledModule
@@ -47,6 +47,14 @@ class Probe(ScheduledModule):
         self_attn_blocks: attentive probe only: self-attention blocks over the tokens before the
             pooler (V-JEPA: 0; V-JEPA 2: 3).
         num_heads: attentive probe heads (default: the encoder's).
+        cross_attn_proj: attentive probe only: false = V-JEPA 2's pooler (no projection after its
+            cross-attention).
+        segments: V-JEPA 2's protocol: the tokens of a video's `segments` temporal segments (set the
+            data's num_clips to it) are concatenated and classified together, per spatial crop;
+            1 = every view is scored on its own.
+        head_init: a transformers VJEPA2ForVideoClassification directory or `hf:<hub id>`: every
+            attentive head starts from its pooler, and from its classifier where the class count
+            agrees (arjepa_pl.interop.huggingface.init_probe_heads); the heads take its pooler's shape.
         lr / start_lr / final_lr / warmup_steps / weight_decay / final_weight_decay: the probe's AdamW
             schedule (V-JEPA's protocol: lr 1e-3, cosine, weight decay 0.01).
         optim_args: betas, eps, total_steps, parallelism: see arjepa_pl.optim.ScheduledModule.
@@ -63,6 +71,9 @@ class Probe(ScheduledModule):
         layers: Sequence[int] = (-1,),
         self_attn_blocks: int = 0,
         num_heads: Optional[int] = None,
+        cross_attn_proj: bool = True,
+        segments: int = 1,
+        head_init: Optional[str] = None,
         lr: float = 1e-3,
         start_lr: float = 1e-3,
         final_lr: float = 0.0,
@@ -92,16 +103,24 @@ class Probe(ScheduledModule):
 
         dim = self.extractor.embed_dim
         heads = num_heads or self.extractor.encoder.num_heads
+        self.segments, hf_head = segments, None
+        if head_init is not None:  # the heads take the shape of V-JEPA 2's pooler
+            from arjepa_pl.interop.huggingface import read_probe_head
+
+            hf_head = read_probe_head(head_init)
+            self_attn_blocks, cross_attn_proj = hf_head.self_attn_blocks, False
         self.heads = nn.ModuleDict()
         self.val_metrics, self.test_metrics = nn.ModuleDict(), nn.ModuleDict()
         for task in self.tasks:
             for layer in self.layers:
                 key = self.head_key(task, layer)
-                self.heads[key] = (AttentiveClassifier(dim, task.num_classes, heads, self_attn_blocks)
+                self.heads[key] = (AttentiveClassifier(dim, task.num_classes, heads, self_attn_blocks, cross_attn_proj)
                                    if probe == "attentive" else LinearClassifier(dim, task.num_classes))
                 for metrics in (self.val_metrics, self.test_metrics):
                     metrics[key] = nn.ModuleDict({f"top{k}": MulticlassAccuracy(task.num_classes, top_k=k)
                                                   for k in (1, 5) if k == 1 or task.num_classes > 5})
+        if hf_head is not None:
+            hf_head.init(self.heads.values())
 
     @staticmethod
     def head_key(task: ProbeTask, layer: int) -> str:
@@ -125,6 +144,9 @@ class Probe(ScheduledModule):
         with torch.no_grad():
             features = self.extractor(x, self.layers)
         by_layer = dict(zip(self.layers, features))
+        if self.segments > 1:  # V-JEPA 2: a video's segments classified together
+            by_layer = {layer: concatenate_segments(f, views, self.segments)[0] for layer, f in by_layer.items()}
+            views //= self.segments
         return {self.head_key(task, layer): self.heads[self.head_key(task, layer)](by_layer[layer])
                 for task in self.tasks for layer in self.layers}, views
 

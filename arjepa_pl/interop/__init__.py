@@ -10,17 +10,20 @@ Encoders in and out of arjepa_pl: official V-JEPA / I-JEPA checkpoints, our chec
 - a sharded checkpoint directory (FSDP2, torch.distributed.checkpoint): the same entry from its
   `meta.pt`, and only the encoder's tensors are read from the shards;
 - a file written by `export_feature_extractor` (`.pt` or `.safetensors`);
-- an official V-JEPA / I-JEPA checkpoint (a dict with `encoder` / `target_encoder` / `predictor` /
-  `opt` / `scaler` / `epoch` ..., see REFERENCE §7), or a bare official encoder state dict.
+- an official V-JEPA / I-JEPA / V-JEPA 2 checkpoint (a dict with `encoder` / `target_encoder` /
+  `predictor` / `opt` / `scaler` / `epoch` ..., as the official repositories save them), or a bare
+  official encoder state dict;
+- a Hugging Face transformers V-JEPA 2 model: a directory with its config.json, or `hf:<hub id>`.
 
 `which` picks the encoder: "auto" = what the objective's probes read (JEPA: the EMA target encoder; AR
 models: their only, block-causal encoder) or, in official checkpoints, `target_encoder` (what the
 official probes read); "target_encoder" / "encoder" name one explicitly (in our JEPA checkpoints
 "encoder" is the context encoder, same architecture).
 
-Modules: weights.py (state-dict checks), official.py (official checkpoints and their key mapping),
-native.py (our checkpoints and exports), load.py (any file -> FeatureExtractor), export.py (write an
-export; `python -m arjepa_pl export`).
+Modules: weights.py (state-dict checks), official.py (official checkpoints and their key mapping,
+predictors included), native.py (our checkpoints and exports), load.py (any file -> FeatureExtractor),
+export.py (write an export; `python -m arjepa_pl export`), huggingface.py (transformers' V-JEPA 2, both
+ways), pretrained.py (a JEPA's encoder / teacher / predictor from any of these: `JEPA(init_from=...)`).
 """
 
 from arjepa_pl.interop.export import export_feature_extractor, save_feature_extractor

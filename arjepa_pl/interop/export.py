@@ -14,6 +14,11 @@ Exported files (`export_feature_extractor`) are plain dicts that torch alone loa
 The `.safetensors` twin holds the same tensors; its metadata holds "format", "version" and "spec",
 "source" as JSON strings (`safetensors.safe_open(path, "pt").metadata()`).
 
+`python -m arjepa_pl export --ckpt_path CKPT --huggingface --crop_size 256 --out DIR`: a V-JEPA 2
+checkpoint of ours (positions rope_vjepa2) as a directory transformers' `VJEPA2Model.from_pretrained(DIR)`
+loads: its encoder (`--which auto` / `encoder`: the context encoder, which transformers' published
+models hold; or `target_encoder`) and its predictor (arjepa_pl.interop.huggingface).
+
 `python -m arjepa_pl export --ckpt_path CKPT --out FILE`: a checkpoint's encoder as a plain file.
 
 CKPT is anything arjepa_pl.interop reads: one of our Lightning checkpoints (file or sharded
@@ -122,7 +127,31 @@ def parser() -> argparse.ArgumentParser:
                    help="official checkpoints: attention heads (default: standard ViT for the width)")
     p.add_argument("--weights_only", type=_bool_or_auto, default=True,
                    help="torch.load's weights_only (false only for trusted files with other pickled objects)")
+    p.add_argument("--positions", choices=["auto", "rope", "rope_vjepa2"], default="auto",
+                   help="official checkpoints: auto = sin-cos, checked against the stored pos_embed table; "
+                   "rope_vjepa2 for V-JEPA 2 encoders (any stored table is dropped)")
+    p.add_argument("--huggingface", action="store_true",
+                   help="write a transformers VJEPA2Model directory (encoder + predictor) to --out instead")
+    p.add_argument("--crop_size", type=int, help="--huggingface: the clips' side in pixels (transformers decodes "
+                   "rotary positions with the grid of this size)")
+    p.add_argument("--frames_per_clip", type=int, default=64, help="--huggingface: the config's frames_per_clip")
     return p
+
+
+def _main_huggingface(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    from arjepa_pl.interop.huggingface import export_checkpoint_to_huggingface
+
+    if args.crop_size is None:
+        p.error("--huggingface needs --crop_size (the clips' side in pixels)")
+    which = "encoder" if args.which == "auto" else args.which
+    try:
+        ckpt = resolve_last(args.run_dir) if args.ckpt_path == "last" else Path(args.ckpt_path)
+        out = export_checkpoint_to_huggingface(ckpt, args.out, args.crop_size, args.frames_per_clip, which,
+                                               args.weights_only)
+    except (InteropError, CheckpointLoadError, FileNotFoundError) as e:
+        p.exit(2, f"export: error: {e}\n")
+    print(f"exported the {which} and predictor of {ckpt} as a transformers VJEPA2Model: {out} "
+          f"(crop_size {args.crop_size}; load with transformers.VJEPA2Model.from_pretrained({str(out)!r}))")
 
 
 def resolve_last(run_dir: Optional[str]) -> Path:
@@ -139,12 +168,15 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     args = p.parse_args(argv)
     if args.weights_only == "auto":
         p.error("--weights_only: expected true or false")
+    if args.huggingface:
+        return _main_huggingface(p, args)
     if Path(args.out).suffix == ".safetensors":
         p.error(f"--out {args.out}: give the torch file's name (e.g. {Path(args.out).with_suffix('.pt')}); "
                 "the .safetensors file is written beside it")
     try:
         ckpt = resolve_last(args.run_dir) if args.ckpt_path == "last" else Path(args.ckpt_path)
-        extractor, source = read_feature_extractor(ckpt, args.which, args.num_heads, args.weights_only)
+        config = None if args.positions == "auto" else {"positions": args.positions}
+        extractor, source = read_feature_extractor(ckpt, args.which, args.num_heads, args.weights_only, config)
         source["checkpoint"] = str(ckpt.resolve())
         written = save_feature_extractor(extractor, args.out, source, args.safetensors)
     except (InteropError, CheckpointLoadError, FileNotFoundError) as e:

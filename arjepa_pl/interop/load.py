@@ -19,6 +19,7 @@ from arjepa_pl.interop.native import (
     torch_load,
 )
 from arjepa_pl.interop.official import encoder_from_official, official_encoder_entry
+from arjepa_pl.interop.pretrained import HF_PREFIX
 from arjepa_pl.interop.weights import WHICH, InteropError, frozen, strip_prefixes
 from arjepa_pl.models import FeatureExtractor
 
@@ -27,12 +28,27 @@ def _is_tensor_dict(value: Any) -> bool:
     return isinstance(value, dict) and bool(value) and all(isinstance(v, torch.Tensor) for v in value.values())
 
 
+def _read_huggingface(source: str, which: str) -> tuple[FeatureExtractor, dict]:
+    """A transformers V-JEPA 2 directory or `hf:<hub id>`: its one encoder (arjepa_pl.interop.huggingface)."""
+    from arjepa_pl.interop.huggingface import load_huggingface
+
+    if which == "target_encoder":
+        raise InteropError(f"{source} is a transformers V-JEPA 2 model: it holds one encoder, the official "
+                           "checkpoint's context encoder (no target encoder); use which='auto' or 'encoder', or "
+                           "the training-layout checkpoint's target_encoder")
+    model = load_huggingface(source[len(HF_PREFIX):] if source.startswith(HF_PREFIX) else source)
+    info = {"kind": "huggingface", "objective": None, "global_step": None, "which": "encoder"}
+    return frozen(FeatureExtractor(model.encoder)), {"checkpoint": source, **info}
+
+
 def read_feature_extractor(path: Union[str, os.PathLike], which: str = "auto", num_heads: Optional[int] = None,
           weights_only: bool = True, encoder_config: Optional[dict] = None) -> tuple[FeatureExtractor, dict]:
     """(frozen extractor, where it came from: a JSON-able dict with checkpoint, kind, objective,
     global_step, which) — see load_feature_extractor for the arguments."""
     if which not in WHICH:
         raise InteropError(f"which must be one of {WHICH}, got {which!r}")
+    if str(path).startswith(HF_PREFIX) or (Path(path) / "config.json").is_file():
+        return _read_huggingface(str(path), which)
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"no checkpoint at {path}")

@@ -26,7 +26,17 @@ by swapping the two halves of every residual-stream channel (patch embedding out
 LayerNorm, the input columns of qkv and fc1, the outputs of attn.proj and fc2): the loaded encoder
 then computes the official features with their two channel halves swapped — the same information
 in another channel order, which no probe can tell apart (a warning says so). A table that matches
-no sin-cos grid (learned positions), or no `pos_embed` at all (V-JEPA 2's RoPE), is an error.
+no sin-cos grid (learned positions) is an error.
+
+V-JEPA 2 (facebookresearch/vjepa2) keeps these names but uses rotary positions: its encoders load with
+`encoder_config={"positions": "rope_vjepa2"}` (`export --positions rope_vjepa2`), which drops any stored
+table: nothing in a file tells a rotary model's leftover table from a sin-cos model's, so it is never
+guessed (a file without `pos_embed` and without that setting is an error saying so).
+
+Predictors (`load_official_predictor`, for continuing pretraining): the same prefixes; `predictor_embed`,
+`predictor_blocks.i.*`, `predictor_norm`, `predictor_proj` keep their names; the official mask tokens
+`mask_tokens.0`, `mask_tokens.1`, ... ([1, 1, D] each) are stacked into our `mask_tokens` [n, 1, 1, D];
+`predictor_pos_embed` is checked against our table (sin-cos) or dropped (rotary).
 """
 
 from __future__ import annotations
@@ -39,7 +49,7 @@ from typing import Optional
 import torch
 
 from arjepa_pl.interop.weights import InteropError, load_weights, strip_prefixes
-from arjepa_pl.models import VIT_PRESETS, VisionTransformer, sincos_pos_embed
+from arjepa_pl.models import VIT_PRESETS, JepaPredictor, VisionTransformer, sincos_pos_embed
 
 log = logging.getLogger("arjepa_pl.interop")
 
@@ -65,7 +75,7 @@ def infer_encoder_config(state_dict: dict, num_heads: Optional[int] = None) -> d
         if width not in standard:
             raise InteropError(f"cannot tell the number of attention heads of a width-{width} ViT (no standard "
                                f"size has that width: {sorted(standard)}): pass num_heads")
-        num_heads = standard[width]
+        num_heads = int(standard[width])
     hidden = fc1.shape[0]
     # The MLP is int(width * mlp_ratio) wide: hidden / width can land a hair below hidden when multiplied back.
     mlp_ratio = hidden / width if int(width * (hidden / width)) == hidden else (hidden + 0.5) / width
@@ -132,9 +142,18 @@ def encoder_from_official(state_dict: dict, source: str, num_heads: Optional[int
     """A VisionTransformer holding an official encoder's weights (keys with or without prefixes)."""
     weights = strip_prefixes(state_dict)
     pos_embed = weights.pop("pos_embed", None)
-    if pos_embed is None:
-        raise InteropError(f"{source} stores no pos_embed: the encoder uses another position scheme "
-                           "(e.g. V-JEPA 2's rotary embeddings), which this ViT does not implement")
+    positions = (encoder_config or {}).get("positions", "sincos")
+    if positions == "sincos" and pos_embed is None:
+        raise InteropError(f"{source} stores no pos_embed: the encoder uses another position scheme, e.g. "
+                           "V-JEPA 2's rotary embeddings: load it with positions 'rope_vjepa2' "
+                           "(export --positions rope_vjepa2, or encoder_config={'positions': 'rope_vjepa2'})")
+    if positions != "sincos":  # V-JEPA 2: rotary positions, nothing to check a table against
+        config = {**infer_encoder_config(weights, num_heads), **(encoder_config or {}), "positions": positions}
+        if pos_embed is not None:
+            log.info(f"{source}: dropped its pos_embed table: the encoder has rotary positions ({positions})")
+        encoder = VisionTransformer(**config)
+        load_weights(encoder, weights, source)
+        return encoder
     if encoder_config is None:
         config = infer_encoder_config(weights, num_heads)
     else:  # given: only checked against the table
@@ -166,3 +185,46 @@ def official_encoder_entry(checkpoint: dict, which: str, source: str) -> tuple[s
     if name not in present:
         raise InteropError(f"{source} has no {name!r} entry (it has: {', '.join(map(str, checkpoint))})")
     return name, checkpoint[name]
+
+
+def _table_checked(table: torch.Tensor, width: int, uniform_power: bool, source: str, name: str) -> None:
+    """A stored sin-cos table must be the one our model computes (same layout, same uniform_power)."""
+    found, perm = match_pos_embed(table, {"embed_dim": width, "video": True})
+    if perm is not None or found != uniform_power:
+        raise InteropError(f"{source}: its {name} is the uniform_power={found} table; the model computes "
+                           f"uniform_power={uniform_power}")
+
+
+def load_official_encoder(encoder: VisionTransformer, state_dict: dict, source: str) -> None:
+    """An official encoder state dict (V-JEPA / V-JEPA 2 names, any prefixes) into an existing encoder,
+    every tensor checked. A stored pos_embed must equal a sin-cos encoder's table; a rotary encoder
+    ignores it (V-JEPA 2 checkpoints may carry one)."""
+    weights = strip_prefixes(state_dict)
+    table = weights.pop("pos_embed", None)
+    if table is not None and encoder.positions == "sincos":
+        if not encoder.video:
+            raise InteropError(f"{source}: continuing from an image (I-JEPA) checkpoint is not supported, "
+                               "only video encoders (V-JEPA, V-JEPA 2)")
+        _table_checked(table, encoder.embed_dim, encoder.config["uniform_power"], source, "pos_embed")
+    elif table is None and encoder.positions == "sincos":
+        raise InteropError(f"{source} stores no pos_embed: it is a rotary (V-JEPA 2) encoder; configure the "
+                           "encoder with positions: rope_vjepa2")
+    load_weights(encoder, weights, source)
+
+
+def load_official_predictor(predictor: JepaPredictor, state_dict: dict, source: str) -> None:
+    """An official predictor state dict into an existing JepaPredictor (see the module docstring)."""
+    weights = strip_prefixes(state_dict)
+    table = weights.pop("predictor_pos_embed", None)
+    if predictor.pos_embed is not None:
+        if table is None:
+            raise InteropError(f"{source}: the predictor stores no predictor_pos_embed (a rotary, V-JEPA 2 "
+                               "predictor); configure the encoder with positions: rope_vjepa2")
+        _table_checked(table, predictor.pos_embed.dim, predictor.pos_embed.uniform_power, source,
+                       "predictor_pos_embed")
+    tokens = {int(m.group(1)): weights.pop(k) for k in list(weights) if (m := re.fullmatch(r"mask_tokens\.(\d+)", k))}
+    if tokens:
+        if sorted(tokens) != list(range(len(tokens))):
+            raise InteropError(f"{source}: mask tokens numbered {sorted(tokens)}, expected 0..{len(tokens) - 1}")
+        weights["mask_tokens"] = torch.stack([tokens[i].reshape(1, 1, -1) for i in range(len(tokens))])
+    load_weights(predictor, weights, source, "predictor")

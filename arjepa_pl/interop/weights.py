@@ -28,7 +28,7 @@ def strip_prefixes(state_dict: dict, prefixes: tuple[str, ...] = OFFICIAL_PREFIX
     return out
 
 
-def check_shapes(expected: dict[str, tuple], got: dict[str, tuple], source: str) -> None:
+def check_shapes(expected: dict[str, tuple], got: dict[str, tuple], source: str, what: str = "encoder") -> None:
     """Raise one InteropError naming every missing, unexpected and wrongly shaped key."""
     missing = sorted(set(expected) - set(got))
     unexpected = sorted(set(got) - set(expected))
@@ -36,7 +36,7 @@ def check_shapes(expected: dict[str, tuple], got: dict[str, tuple], source: str)
              for k in sorted(set(expected) & set(got)) if tuple(expected[k]) != tuple(got[k])]
     if not (missing or unexpected or wrong):
         return
-    lines = [f"the weights in {source} do not fit the encoder"]
+    lines = [f"the weights in {source} do not fit the {what}"]
     if wrong:
         lines += [f"{len(wrong)} key(s) with the wrong shape:"] + wrong
     if missing:
@@ -48,10 +48,10 @@ def check_shapes(expected: dict[str, tuple], got: dict[str, tuple], source: str)
     raise InteropError("\n".join(lines))
 
 
-def load_weights(module: torch.nn.Module, state_dict: dict, source: str) -> None:
+def load_weights(module: torch.nn.Module, state_dict: dict, source: str, what: str = "encoder") -> None:
     """`module.load_state_dict(state_dict)` after a check that reports every problem at once."""
     check_shapes({k: v.shape for k, v in module.state_dict().items()},
-                 {k: tuple(v.shape) for k, v in state_dict.items()}, source)
+                 {k: tuple(v.shape) for k, v in state_dict.items()}, source, what)
     module.load_state_dict(state_dict)
 
 

@@ -1,6 +1,6 @@
 """I-JEPA multi-block masks on a 2-D (H, W) token grid.
 
-Per batch (REFERENCE.md §2):
+Per batch (I-JEPA, Assran et al., 2023, and its public code):
   1. one target block size (h, w) ~ scale U(0.15, 0.2) of the grid, aspect U(0.75, 1.5), and one
      context block size ~ scale U(0.85, 1.0), aspect 1, both shared by the whole batch;
   2. each sample places `num_targets` target blocks and one context block at its own random positions,

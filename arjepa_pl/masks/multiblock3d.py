@@ -3,7 +3,7 @@
 A mask configuration hides `num_blocks` spatio-temporal boxes of the token grid. Everything hidden
 is the *target* the predictor must fill in; what is left is the *context* the encoder sees.
 
-Per batch (see REFERENCE.md §2):
+Per batch (V-JEPA, Bardes et al., 2024, and its public code):
   1. one block size (t, h, w) is drawn for the whole batch, so every row masks a similar amount;
   2. each sample places its `num_blocks` boxes at its own random positions (inclusive bounds, so
      boxes can touch the last row / column / frame);
@@ -103,7 +103,7 @@ def mask_rng(seed: int, *key: int) -> np.random.Generator:
     Masks are seeded from (seed, rank, epoch, position-of-batch[, config]) and never from global
     RNG state, so a batch's masks depend only on *which* batch it is: the same on every rerun,
     the same after resuming from a checkpoint, and unaffected by worker count or call order.
-    (The reference keeps a shared counter that is not checkpointed, so resumed runs diverge.)
+    (V-JEPA's public collator keeps a shared counter that is not checkpointed, so resumed runs diverge.)
     All parts must be non-negative integers.
     """
     return np.random.default_rng([int(seed), *(int(k) for k in key)])
@@ -131,7 +131,7 @@ def sample_block_hw(
 
 
 def sample_block_size(rng: np.random.Generator, grid: tuple[int, int, int], cfg: MaskConfig) -> tuple[int, int, int]:
-    """Step 1-2 of REFERENCE §2: one (t, h, w) box size, shared by the whole batch."""
+    """Steps 1-2 above: one (t, h, w) box size, shared by the whole batch."""
     T, H, W = grid
     t = max(1, int(T * _uniform(rng, cfg.temporal_scale)))
     h, w = sample_block_hw(rng, H, W, cfg.spatial_scale, cfg.aspect_ratio)
@@ -172,7 +172,7 @@ def sample_target_masks(
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     grid = (T, H, W)
     size = sample_block_size(rng, grid, cfg)
-    # Frames from `cutoff` on are never context, so they count as target (as in the reference).
+    # Frames from `cutoff` on are never context, so they count as target (as in V-JEPA's public code).
     cutoff = max(1, int(T * cfg.max_temporal_keep))
 
     def draw(n: int) -> np.ndarray:
@@ -209,7 +209,7 @@ def masks_to_indices(masks: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
     """bool target masks [B, T, H, W] -> (context [B, Kc], target [B, Kt]) flat (t, h, w) indices.
 
     Rows differ in length, so each list is cut to the batch minimum, keeping the lowest indices
-    (the reference's truncation). Context and target stay disjoint because they were complements.
+    (V-JEPA's collator truncates the same way). Context and target stay disjoint because they were complements.
     """
     flat = masks.reshape(masks.shape[0], -1)
     kc = int((~flat).sum(axis=1).min())

@@ -7,11 +7,12 @@ from arjepa_pl.models.patches import normalize_patches, patchify, token_grid, un
 from arjepa_pl.models.pos_embed import sincos_pos_embed
 from arjepa_pl.models.predictor import JepaPredictor
 from arjepa_pl.models.probes import AttentiveClassifier, AttentivePooler, LinearClassifier
+from arjepa_pl.models.rope import Rope3D, RopeTables
 from arjepa_pl.models.sampling import sample_logits
 from arjepa_pl.models.tokenizer import PatchKMeans, tokenize_clip
-from arjepa_pl.models.vit import MLP, VIT_PRESETS, Block, KVCache, VisionTransformer, gather_tokens
+from arjepa_pl.models.vit import MLP, POSITIONS, VIT_PRESETS, Block, KVCache, VisionTransformer, gather_tokens
 
-__all__ = ["MLP", "AttentiveClassifier", "AttentivePooler", "LinearClassifier", "VIT_PRESETS", "Block", "ByteGPT",
-           "FeatureExtractor", "JepaPredictor", "KVCache", "PatchKMeans", "VisionTransformer",
-           "block_causal_mask", "gather_tokens", "next_step_outputs", "normalize_patches", "patchify", "sample_logits",
-           "sincos_pos_embed", "token_grid", "tokenize_clip", "unpatchify"]
+__all__ = ["MLP", "POSITIONS", "VIT_PRESETS", "AttentiveClassifier", "AttentivePooler", "Block", "ByteGPT",
+           "FeatureExtractor", "JepaPredictor", "KVCache", "LinearClassifier", "PatchKMeans", "Rope3D", "RopeTables",
+           "VisionTransformer", "block_causal_mask", "gather_tokens", "next_step_outputs", "normalize_patches",
+           "patchify", "sample_logits", "sincos_pos_embed", "token_grid", "tokenize_clip", "unpatchify"]

@@ -3,7 +3,8 @@
 Attentive probe (V-JEPA): one learnable query attends to the LayerNorm'ed tokens (cross-attention with
 the encoder's head count, then an MLP, both residual), and a linear layer classifies the pooled query.
 It learns *where* to look, which a mean over tokens cannot: on video the evidence of motion sits in a
-few tokens. V-JEPA 2 puts self-attention blocks over the tokens before the pooler (`self_attn_blocks`).
+few tokens. V-JEPA 2 puts self-attention blocks over the tokens before the pooler (`self_attn_blocks`)
+and has no output projection after the cross-attention (`cross_attn_proj=False`).
 
 Linear probe: the mean over tokens, standardised by a BatchNorm without affine parameters (as MAE's
 linear probe: it makes one learning rate fit every encoder's feature scale), then a linear layer.
@@ -17,16 +18,17 @@ from arjepa_pl.models.vit import MLP, Block, init_transformer_weights
 
 
 class CrossAttention(nn.Module):
-    """Queries [B, Q, D] attend to tokens [B, N, D]: `q` and a fused `kv` projection (V-JEPA's names)."""
+    """Queries [B, Q, D] attend to tokens [B, N, D]: `q` and a fused `kv` projection (V-JEPA's names),
+    then an output projection `proj` (V-JEPA; V-JEPA 2 has none: proj=False)."""
 
-    def __init__(self, dim: int, num_heads: int, qkv_bias: bool = True):
+    def __init__(self, dim: int, num_heads: int, qkv_bias: bool = True, proj: bool = True):
         super().__init__()
         if dim % num_heads:
             raise ValueError(f"width {dim} is not divisible by {num_heads} heads")
         self.num_heads = num_heads
         self.q = nn.Linear(dim, dim, bias=qkv_bias)
         self.kv = nn.Linear(dim, 2 * dim, bias=qkv_bias)
-        self.proj = nn.Linear(dim, dim)
+        self.proj = nn.Linear(dim, dim) if proj else nn.Identity()
 
     def forward(self, queries: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
         B, Q, D = queries.shape
@@ -41,13 +43,13 @@ class AttentivePooler(nn.Module):
     """Tokens [B, N, D] -> one pooled vector [B, D] (optional self-attention blocks first)."""
 
     def __init__(self, dim: int, num_heads: int, mlp_ratio: float = 4.0, self_attn_blocks: int = 0,
-                 norm_eps: float = 1e-6):
+                 norm_eps: float = 1e-6, cross_attn_proj: bool = True):
         super().__init__()
         self.blocks = nn.ModuleList(Block(dim, num_heads, mlp_ratio, norm_eps=norm_eps)
                                     for _ in range(self_attn_blocks))
         self.query = nn.Parameter(torch.zeros(1, 1, dim))
         self.norm1 = nn.LayerNorm(dim, eps=norm_eps)
-        self.xattn = CrossAttention(dim, num_heads)
+        self.xattn = CrossAttention(dim, num_heads, proj=cross_attn_proj)
         self.norm2 = nn.LayerNorm(dim, eps=norm_eps)
         self.mlp = MLP(dim, int(dim * mlp_ratio))
         init_transformer_weights(self, self.blocks)
@@ -65,9 +67,11 @@ class AttentivePooler(nn.Module):
 class AttentiveClassifier(nn.Module):
     """V-JEPA's attentive probe: AttentivePooler + Linear."""
 
-    def __init__(self, dim: int, num_classes: int, num_heads: int, self_attn_blocks: int = 0):
+    def __init__(self, dim: int, num_classes: int, num_heads: int, self_attn_blocks: int = 0,
+                 cross_attn_proj: bool = True):
         super().__init__()
-        self.pooler = AttentivePooler(dim, num_heads, self_attn_blocks=self_attn_blocks)
+        self.pooler = AttentivePooler(dim, num_heads, self_attn_blocks=self_attn_blocks,
+                                      cross_attn_proj=cross_attn_proj)
         self.linear = nn.Linear(dim, num_classes)
         init_transformer_weights(self.linear, [])
 

@@ -1,6 +1,6 @@
 """A discrete patch tokenizer: k-means over patch vectors, k-means++ initialisation.
 
-Plain k-means from random points leaves dead codes (REFERENCE §5); k-means++ seeds every centre far
+Plain k-means from random points leaves dead codes; k-means++ seeds every centre far
 from the ones already chosen (D^2 sampling), and Lloyd iterations then move each centre to the mean of
 its patches. A centre that still ends up with no patch is moved onto the patch that is worst
 represented, so every code is used on the data it was fitted on.

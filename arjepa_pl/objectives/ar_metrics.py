@@ -1,9 +1,9 @@
 """Likelihood and rollout metrics of the autoregressive objectives, as torchmetrics (summed over
 batches and synchronised over ranks by torchmetrics itself).
 
-REFERENCE §5: perplexity = exp(mean NLL); bits/token = NLL / ln 2; text bits/byte = total NLL /
-(ln 2 * bytes); video tokens bits/dim = total NLL / (ln 2 * T*H*W*C) — the pixel values the tokens
-stand for, so it is comparable only across models that share a tokenizer.
+As language and video models report them: perplexity = exp(mean NLL); bits/token = NLL / ln 2;
+text bits/byte = total NLL / (ln 2 * bytes); video tokens bits/dim = total NLL / (ln 2 * T*H*W*C)
+— the pixel values the tokens stand for, so it is comparable only across models that share a tokenizer.
 """
 
 import math

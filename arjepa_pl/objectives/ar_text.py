@@ -1,7 +1,7 @@
 """Byte-level causal language modelling with ByteGPT (the ViT's transformer Block, causal mask).
 
 Batches are {"tokens": long [B, L + 1]} (data_modules.ByteTextDataModule): the model reads the first L
-bytes and predicts bytes 2..L+1. Validation reports perplexity and bits/byte (REFERENCE §5); `predict`
+bytes and predicts bytes 2..L+1. Validation reports perplexity and bits/byte; `predict`
 continues prompts with a KV cache ({"prompt": long [1, P], "text": str} batches).
 """
 

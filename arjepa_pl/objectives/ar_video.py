@@ -26,7 +26,7 @@ from arjepa_pl.models import (
 from arjepa_pl.models.patches import hold_last_frame
 from arjepa_pl.models.vit import init_transformer_weights
 from arjepa_pl.optim import ScheduledModule
-from arjepa_pl.pictures import rollout_frames, rollout_strip
+from arjepa_pl.pictures import rollout_frames, rollout_picture
 from data_modules.transforms import IMAGENET_MEAN, IMAGENET_STD
 
 
@@ -176,8 +176,8 @@ class NextStepObjective(ScheduledModule):
 
     def media(self, batch: dict) -> dict[str, np.ndarray]:
         """Rollouts of a few training clips while training runs (callbacks.MediaLogger saves them and
-        logs them to W&B): `rollout`, one strip per clip (context | truth above context | prediction),
-        and `rollout_video`, truth beside the model, the clips stacked."""
+        logs them to W&B): `rollout`, two labelled rows per clip (context | truth above context |
+        prediction), and `rollout_video`, truth beside the model, the clips stacked."""
         video = batch["video"]
         if video.size(2) <= self.rollout_context_frames:
             rank_zero_warn(f"no rollout media: clips of {video.size(2)} frames leave nothing to predict after "
@@ -185,9 +185,8 @@ class NextStepObjective(ScheduledModule):
             return {}
         out = self.predict_step(batch, 0)
         clips = [(out["context"][b], out["prediction"][b], out["truth"][b]) for b in range(video.size(0))]
-        strips = [rollout_strip(*clip) for clip in clips]
-        gap = np.full((4, strips[0].shape[1], 3), 255, np.uint8)  # white band between clips
-        return {"rollout": np.concatenate([part for strip in strips for part in (strip, gap)][:-1], axis=0),
+        title = f"rollouts of {len(clips)} training clips at step {self.global_step}"
+        return {"rollout": rollout_picture(clips, title=title),
                 "rollout_video": np.concatenate([rollout_frames(*clip) for clip in clips], axis=1)}
 
 

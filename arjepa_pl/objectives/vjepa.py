@@ -10,10 +10,12 @@ collapse monitor (arjepa_pl.callbacks.CollapseMonitor).
 """
 
 import copy
+import logging
 from typing import Literal, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from arjepa_pl import schedules
 from arjepa_pl.feature_stats import vicreg_covariance, vicreg_variance
@@ -28,6 +30,8 @@ from arjepa_pl.masks import (
 from arjepa_pl.models import FeatureExtractor, JepaPredictor, VisionTransformer, gather_tokens
 from arjepa_pl.optim import ScheduledModule
 
+log = logging.getLogger("arjepa_pl.jepa")
+
 
 class JEPA(ScheduledModule):
     """Context encoder + predictor trained by gradient; target encoder = EMA of the context encoder.
@@ -36,7 +40,11 @@ class JEPA(ScheduledModule):
         encoder: the context encoder (the target encoder is a copy of it). A video encoder reads
             batch["video"] [B, C, T, H, W], an image encoder (video: false) batch["image"] [B, C, H, W].
         predictor_embed_dim / predictor_depth / predictor_num_heads: the narrow predictor ViT
-            (heads default to the encoder's).
+            (heads default to the encoder's). Its positions are the encoder's (sin-cos or rotary).
+        predictor_num_mask_tokens: mask tokens of the predictor; default one per mask configuration
+            (V-JEPA 2's public predictors hold 10: set 10 to start from them).
+        mask_token_per_config: mask configuration i uses mask token i (V-JEPA); false: every
+            configuration uses token 0 (V-JEPA 2 picks the token by clip length, and trains at one).
         masks: mask configurations, one mask token each. MaskConfig = V-JEPA multiblock3d (targets are
             the union of the blocks); MultiBlock2DConfig = I-JEPA multi-block (each target block is
             predicted on its own). None: V-JEPA's short- and long-range masks for a video encoder,
@@ -52,6 +60,12 @@ class JEPA(ScheduledModule):
             added to the loss (0 = off, the default), computed on `vicreg_features`.
         vicreg_features: which features the VICReg terms regularise: "predicted" (the predictor's
             outputs) and/or "context" (the context encoder's outputs).
+        init_from: start from pretrained weights (continued pretraining; a fresh optimiser and
+            schedules): an official V-JEPA / V-JEPA 2 training checkpoint, an arjepa_pl checkpoint or
+            export, a transformers V-JEPA 2 directory or `hf:<hub id>` (arjepa_pl.interop.pretrained).
+            Loaded when fitting starts; a resumed run (ckpt_path) then restores its own weights over them.
+        init_parts: which networks init_from sets: "encoder", "target_encoder", "predictor". An encoder
+            loaded without the target encoder also becomes the teacher's starting point.
         optim_args: the optimiser, its schedules and parallelism: see arjepa_pl.optim.ScheduledModule.
     """
 
@@ -61,6 +75,8 @@ class JEPA(ScheduledModule):
         predictor_embed_dim: int = 384,
         predictor_depth: int = 12,
         predictor_num_heads: Optional[int] = None,
+        predictor_num_mask_tokens: Optional[int] = None,
+        mask_token_per_config: bool = True,
         masks: Optional[Sequence[AnyMaskConfig]] = None,
         mask_seed: int = 0,
         loss: Literal["lp", "smooth_l1"] = "lp",
@@ -70,6 +86,9 @@ class JEPA(ScheduledModule):
         vicreg_var_coeff: float = 0.0,
         vicreg_cov_coeff: float = 0.0,
         vicreg_features: Sequence[Literal["predicted", "context"]] = ("predicted",),
+        init_from: Optional[str] = None,
+        init_parts: Sequence[Literal["encoder", "target_encoder", "predictor"]] = ("encoder", "target_encoder",
+                                                                                 "predictor"),
         **optim_args,
     ):
         # jsonargparse resolves **optim_args from ScheduledModule's signature: the same typed CLI
@@ -91,19 +110,32 @@ class JEPA(ScheduledModule):
             raise ValueError(f"teacher must be 'ema' or 'stop_grad', got {teacher!r}")
         if not all(0.0 <= m <= 1.0 for m in ema_momentum):
             raise ValueError(f"ema_momentum values must lie in [0, 1], got {ema_momentum}")
+        heads = predictor_num_heads or encoder.num_heads
+        if predictor_embed_dim % heads:
+            why = "" if predictor_num_heads else " (the encoder's heads: predictor_num_heads is null)"
+            raise ValueError(f"predictor_embed_dim {predictor_embed_dim} must be divisible by predictor_num_heads "
+                             f"{heads}{why}")
         if vicreg_var_coeff < 0 or vicreg_cov_coeff < 0:
             raise ValueError(f"VICReg coefficients must be >= 0, got {vicreg_var_coeff}, {vicreg_cov_coeff}")
         if not set(vicreg_features) <= {"predicted", "context"}:
             raise ValueError(f"vicreg_features must name 'predicted' and/or 'context', got {vicreg_features!r}")
+        num_tokens = len(masks) if mask_token_per_config else 1
+        if predictor_num_mask_tokens is not None and predictor_num_mask_tokens < num_tokens:
+            raise ValueError(f"predictor_num_mask_tokens={predictor_num_mask_tokens}: the {len(masks)} mask "
+                             f"configuration(s) use {num_tokens} (mask_token_per_config={mask_token_per_config})")
+        if not init_parts or not set(init_parts) <= {"encoder", "target_encoder", "predictor"}:
+            raise ValueError("init_parts must name some of 'encoder', 'target_encoder', 'predictor'; "
+                             f"got {init_parts!r}")
         self.save_init_args()
         self.encoder = encoder
         self.predictor = JepaPredictor(
             encoder_dim=encoder.embed_dim,
             embed_dim=predictor_embed_dim,
             depth=predictor_depth,
-            num_heads=predictor_num_heads or encoder.num_heads,
-            num_mask_tokens=len(masks),
+            num_heads=heads,
+            num_mask_tokens=predictor_num_mask_tokens or num_tokens,
             uniform_power=encoder.config["uniform_power"],
+            positions=encoder.positions,
         )
         # stop_grad keeps no copy: a teacher that never moves would only be a misleading checkpoint entry.
         self.target_encoder = copy.deepcopy(encoder).requires_grad_(False) if teacher == "ema" else None
@@ -113,6 +145,24 @@ class JEPA(ScheduledModule):
         self.vicreg_var_coeff, self.vicreg_cov_coeff = vicreg_var_coeff, vicreg_cov_coeff
         self.vicreg_features = tuple(vicreg_features)
         self.input_key = "video" if encoder.video else "image"
+        self.mask_token_per_config = mask_token_per_config
+        self.init_from, self.init_parts = init_from, tuple(init_parts)
+
+    def setup(self, stage: str) -> None:
+        # Before configure_model (FSDP2 sharding, compile): the networks are still plain modules here.
+        if stage == "fit" and self.init_from is not None:
+            self.load_pretrained(self.init_from, self.init_parts)
+
+    def load_pretrained(self, source: str, parts: Sequence[str]) -> None:
+        """Set `parts` of this JEPA from `source` (see init_from); an encoder loaded without its teacher
+        is copied into the teacher, as at initialisation."""
+        from arjepa_pl.interop.pretrained import init_jepa  # checkpoint formats live there
+
+        modules = {"encoder": self.encoder, "target_encoder": self.target_encoder, "predictor": self.predictor}
+        loaded = init_jepa(source, modules, parts)
+        if "encoder" in loaded and "target_encoder" not in loaded and self.target_encoder is not None:
+            self.target_encoder.load_state_dict(self.encoder.state_dict())
+        log.info(f"started from {source}: " + ", ".join(f"{part} <- {name}" for part, name in loaded.items()))
 
     @property
     def teacher_encoder(self) -> VisionTransformer:
@@ -172,7 +222,8 @@ class JEPA(ScheduledModule):
                 target_index = target_index.flatten(0, 1)
                 pred_context = context.repeat_interleave(P, 0)
                 pred_context_index = context_index.repeat_interleave(P, 0)
-            pred = self.predictor(pred_context, pred_context_index, target_index, grid, mask_token=i)
+            token = i if self.mask_token_per_config else 0
+            pred = self.predictor(pred_context, pred_context_index, target_index, grid, mask_token=token)
             outputs.append({"context": context, "predicted": pred, "target": target})
         return targets, outputs
 
@@ -201,7 +252,7 @@ class JEPA(ScheduledModule):
         terms = self.jepa_terms(batch)
         return terms["loss"], [terms[f"loss_mask{i}"] for i in range(len(self.masks))]
 
-    # What may raise the collapse alarm (measured on the demo data, see the README's collapse section):
+    # What may raise the collapse alarm (measured on the demo data, see docs/collapse.md):
     # - RankMe of the targets (the teacher's features of the whole input; in stop_grad mode the
     #   student's own), not of the student's context features: a healthy student's context RankMe
     #   drops to ~0.2x its value at initialisation within 40 steps (most context tokens are plain
@@ -256,21 +307,25 @@ class JEPA(ScheduledModule):
         self.update_target(momentum)
         self.log("train/ema_momentum", momentum, on_step=True, on_epoch=False)
 
-    @torch.no_grad()
     def update_target(self, momentum: float) -> None:
-        """k <- m k + (1 - m) q for every parameter, as one fused op over the parameter lists.
-
-        Under FSDP2 the teacher is sharded exactly like the student, so this is a shard-local lerp;
-        a root module keeps its weights gathered after forward, so both are resharded first."""
         if self.target_encoder is None:
             raise RuntimeError("teacher='stop_grad' has no target encoder to update")
-        for module in (self.encoder, self.target_encoder):
-            reshard = getattr(module, "reshard", None)
-            if callable(reshard):  # an FSDP2 module
-                reshard()
-        online: list[torch.Tensor] = list(self.encoder.parameters())
-        target: list[torch.Tensor] = list(self.target_encoder.parameters())
-        torch._foreach_lerp_(target, online, 1.0 - momentum)
+        ema_update(self.encoder, self.target_encoder, momentum)
+
+
+@torch.no_grad()
+def ema_update(online: nn.Module, target: nn.Module, momentum: float) -> None:
+    """target <- m target + (1 - m) online for every parameter, as one fused op over the parameter lists.
+
+    Under FSDP2 the teacher is sharded exactly like the student, so this is a shard-local lerp;
+    a root module keeps its weights gathered after forward, so both are resharded first."""
+    for module in (online, target):
+        reshard = getattr(module, "reshard", None)
+        if callable(reshard):  # an FSDP2 module
+            reshard()
+    online_params: list[torch.Tensor] = list(online.parameters())
+    target_params: list[torch.Tensor] = list(target.parameters())
+    torch._foreach_lerp_(target_params, online_params, 1.0 - momentum)
 
 
 # V-JEPA is JEPA with a video encoder: the name configs/vjepa*.yaml use.
