@@ -1,5 +1,6 @@
-"""The block-causal mask as a FlexAttention BlockMask (the CUDA path) against the dense boolean mask
-(the CPU path): the same pairs may attend, and the encoder gives the same outputs either way.
+"""The block-causal mask as a FlexAttention BlockMask (the CUDA path) and as query chunks of the
+boolean mask (the CPU path) against the plain boolean mask: the same pairs may attend, and the encoder
+gives the same outputs (and, for the chunks, gradients) either way.
 
 FlexAttention has no backward on the CPU (PyTorch raises), so gradients through the BlockMask path
 are only exercised on a GPU; on the CPU the training step takes the dense mask."""
@@ -8,7 +9,8 @@ import pytest
 import torch
 
 from arjepa_pl.models import KVCache, VisionTransformer, block_causal_mask, next_step_outputs
-from arjepa_pl.models.next_step import block_causal_attention_mask
+from arjepa_pl.models.attention import QueryChunks
+from arjepa_pl.models.next_step import block_causal_attention_mask, block_causal_chunks
 from arjepa_pl.models.vit import MLP
 
 
@@ -28,9 +30,43 @@ def test_block_mask_allows_exactly_the_block_causal_pairs(steps, per_step, prefi
     needed = padded.view(blocks, size, blocks, size).any(3).any(1)
     assert torch.equal(flex.to_dense()[0, 0].bool(), needed)
 
-def test_the_default_form_is_dense_on_the_cpu():
+@pytest.mark.parametrize("steps,prefix", [(7, 0), (7, 3), (4, 2), (3, 0), (2, 0), (1, 0)])
+def test_query_chunks_cover_every_query_and_skip_only_hidden_keys(steps, prefix):
+    per_step = 3
+    dense = block_causal_mask(steps, per_step, prefix)
+    chunks = block_causal_chunks(dense, steps, per_step, prefix)
+    rebuilt = torch.zeros_like(dense)
+    expected_start = 0
+    for start, end, keys, rows in chunks.chunks:
+        assert start == expected_start and not dense[start:end, keys:].any()  # nothing visible is skipped
+        rebuilt[start:end, :keys] = True if rows is None else rows
+        expected_start = end
+    assert expected_start == steps * per_step and torch.equal(rebuilt, dense)
+    if (steps, prefix) == (7, 0):  # e.g. steps 0-2 see keys of steps 0-2, steps 3-6 all: 37 of 49 step blocks
+        assert sum((e - s) * k for s, e, k, _ in chunks.chunks) == 37 * per_step**2
+
+
+def test_the_default_form_on_the_cpu_is_query_chunks_of_the_boolean_mask():
     mask = block_causal_attention_mask(3, 4, 1, "cpu")
-    assert isinstance(mask, torch.Tensor) and torch.equal(mask, block_causal_mask(3, 4, 1))
+    assert isinstance(mask, QueryChunks) and len(mask.chunks) == 2
+
+
+@pytest.mark.parametrize("prefix", [0, 2])
+def test_query_chunks_give_the_outputs_and_gradients_of_the_boolean_mask(prefix):
+    torch.manual_seed(0)
+    enc, head = VisionTransformer(embed_dim=32, depth=2, num_heads=2, patch_size=8, tubelet_size=2), MLP(32, 32, 5)
+    video = torch.randn(2, 3, 14, 16, 16)  # 7 steps of 2 x 2 tokens
+    results = []
+    for plain in (True, False):
+        enc.zero_grad()
+        if plain:
+            out = head(enc(video, attn_mask=block_causal_mask(7, 4, prefix)))
+        else:
+            out = next_step_outputs(enc, head, video, prefix)  # the CPU default: query chunks
+        out.square().mean().backward()
+        results.append([out.detach()] + [p.grad.clone() for p in enc.parameters()])
+    for a, b in zip(*results):
+        torch.testing.assert_close(b, a, atol=1e-6, rtol=1e-5)
 
 
 @pytest.mark.slow  # compiles FlexAttention (about 10 s on 2 cores)
