@@ -78,25 +78,37 @@ def fsdp_mixed_precision(precision: Optional[str]):
     return None
 
 
-def apply_fsdp2(model: nn.Module, mesh, mp_policy=None) -> list[nn.Module]:
-    """fully_shard every Block unit, then every top-level child network of `model` that has parameters.
+def fsdp_roots(model: nn.Module) -> Iterator[nn.Module]:
+    """The networks of `model` that become FSDP2 roots: each top-level child with parameters, and for a
+    container (nn.ModuleDict / nn.ModuleList: a probe's heads) each member in its place. A container has
+    no forward of its own for FSDP2 to hook: its members are called one by one."""
+    for child in model.children():
+        if not any(True for _ in child.parameters()):
+            continue
+        if isinstance(child, (nn.ModuleDict, nn.ModuleList)):
+            yield from fsdp_roots(child)
+        else:
+            yield child
 
-    Each child network (encoder, predictor, target encoder, ...) becomes its own FSDP2 root: the
-    objective calls the children, never `model` itself, so there is no forward on `model` for a
-    single root to hook. Block-level units make FSDP2 gather one layer's weights at a time (and
-    free them after), overlapped with the previous layer's compute. Returns the sharded networks.
+
+def apply_fsdp2(model: nn.Module, mesh, mp_policy=None) -> list[nn.Module]:
+    """fully_shard every Block unit, then every network of `model` (fsdp_roots).
+
+    Each network (encoder, predictor, target encoder, head, a probe's heads...) becomes its own
+    FSDP2 root: the objective calls the networks, never `model` itself, so there is no forward on
+    `model` for a single root to hook. Block-level units make FSDP2 gather one layer's weights at a
+    time (and free them after), overlapped with the previous layer's compute. Every use of a network
+    must go through its forward (VisionTransformer.forward takes masks, KV caches and the layers to
+    return for that reason). Returns the sharded networks.
     """
     from torch.distributed.fsdp import fully_shard
 
     kwargs = {"mesh": mesh} if mp_policy is None else {"mesh": mesh, "mp_policy": mp_policy}
-    roots = []
-    for child in model.children():
-        if not any(True for _ in child.parameters()):
-            continue
-        for unit in block_units(child):
+    roots = list(fsdp_roots(model))
+    for root in roots:
+        for unit in block_units(root):
             fully_shard(unit, **kwargs)
-        fully_shard(child, **kwargs)
-        roots.append(child)
+        fully_shard(root, **kwargs)
     return roots
 
 

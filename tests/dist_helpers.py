@@ -121,7 +121,8 @@ class KillAt(L.Callback):
 
 
 class ShardReport(L.Callback):
-    """Writes, at the end of training, how the encoders are sharded (rank 0, JSON)."""
+    """Writes, at the end of training, how the encoders are sharded (rank 0, JSON); co_sharded is None
+    for an objective without an EMA teacher."""
 
     def __init__(self, path: str):
         self.path = path
@@ -129,9 +130,14 @@ class ShardReport(L.Callback):
     def on_train_end(self, trainer, pl_module):
         from arjepa_pl.parallel import co_sharded
 
+        # An FSDP2 root keeps its own weights gathered after a forward without backward (validation,
+        # the online probe) until it next needs them sharded: shard them to see the layout.
+        if hasattr(pl_module.encoder, "reshard"):  # an FSDP2 module
+            pl_module.encoder.reshard()
         enc = list(pl_module.encoder.parameters())
         local = sum(p.to_local().numel() if hasattr(p, "to_local") else p.numel() for p in enc)
-        report = {"co_sharded": co_sharded(pl_module.encoder, pl_module.target_encoder),
+        teacher = getattr(pl_module, "target_encoder", None)  # None: an objective without a teacher (AR)
+        report = {"co_sharded": None if teacher is None else co_sharded(pl_module.encoder, teacher),
                   "dtensor": all(hasattr(p, "placements") for p in enc),
                   "local_fraction": local / sum(p.numel() for p in enc), "world_size": trainer.world_size}
         if trainer.is_global_zero:

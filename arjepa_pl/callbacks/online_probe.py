@@ -27,7 +27,6 @@ import torch
 import torch.nn.functional as F
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import nn
-from torch.distributed.tensor import DTensor
 
 from arjepa_pl.evaluation.multiview import flatten_views
 from arjepa_pl.evaluation.tasks import ProbeTask, as_tasks
@@ -134,13 +133,9 @@ class OnlineProbe(L.Callback):
             self._restore()
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        # After configure_model, which may have sharded the encoder.
+        # After configure_model, which may have sharded the encoder: the extractor calls the encoder's
+        # forward, so FSDP2 gathers its weights for the probe as for training.
         self._extractor = self._feature_extractor(pl_module)
-        if any(isinstance(p, DTensor) for p in self._extractor.parameters()):
-            raise NotImplementedError(
-                "OnlineProbe does not support FSDP2 (the encoder's parameters are sharded DTensors, and the "
-                "probe reads its blocks one by one); remove the callback, or use DDP (strategy: ddp), or "
-                "probe the saved checkpoints with the frozen probes")
         device = pl_module.device
         if self.head is not None:
             assert self.optimizer is not None  # built with the head

@@ -8,12 +8,12 @@ and a token model sees every patch replaced by its code's centre. FeatureExtract
 objective alike. `spec()` is the JSON-able description that rebuilds it (weights apart).
 """
 
-from typing import Optional, Sequence
+from typing import Optional, Sequence, cast
 
 import torch
 from torch import nn
 
-from arjepa_pl.models.next_step import block_causal_mask
+from arjepa_pl.models.next_step import block_causal_attention_mask
 from arjepa_pl.models.tokenizer import PatchKMeans, tokenize_clip
 from arjepa_pl.models.vit import VisionTransformer
 
@@ -73,15 +73,10 @@ class FeatureExtractor(nn.Module):
         enc = self.encoder
         if self.tokenizer is not None:
             x = tokenize_clip(self.tokenizer, x, enc.tubelet_size, enc.patch_size)[1]
-        tokens = enc.embed(x)
-        rope = enc.rope_tables(enc.token_grid(x.shape), device=tokens.device)
         mask = None
         if self.block_causal:
             T, H, W = enc.token_grid(x.shape)
-            mask = block_causal_mask(T, H * W, self.prefix_steps, tokens.device)
-        outputs = {}
-        for i, block in enumerate(enc.blocks[:max(wanted) + 1]):  # later blocks are not needed
-            tokens = block(tokens, mask, None, rope)
-            if i in wanted:
-                outputs[i] = enc.norm(tokens)
-        return [outputs[i] for i in wanted]
+            mask = None if T == 1 else block_causal_attention_mask(T, H * W, self.prefix_steps, x.device)
+        # Through the encoder's forward, which runs no block after the last one wanted (and lets FSDP2
+        # gather a sharded encoder's weights).
+        return cast(list[torch.Tensor], enc(x, attn_mask=mask, layers=wanted))

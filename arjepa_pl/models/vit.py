@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from arjepa_pl.models.attention import AttentionMask, attend
 from arjepa_pl.models.patches import token_grid
 from arjepa_pl.models.pos_embed import sincos_pos_embed
 from arjepa_pl.models.rope import ROPE_POSITIONS, Rope3D, RopeTables
@@ -62,7 +63,7 @@ class Attention(nn.Module):
         self.qkv = nn.Linear(dim, 3 * dim, bias=qkv_bias)
         self.proj = nn.Linear(dim, dim)
 
-    def forward(self, x: torch.Tensor, attn_mask: Optional[torch.Tensor] = None,
+    def forward(self, x: torch.Tensor, attn_mask: Optional[AttentionMask] = None,
                 cache: Optional[KVCache] = None, rope: Optional[RopeTables] = None) -> torch.Tensor:
         B, N, D = x.shape
         qkv = self.qkv(x).view(B, N, 3, self.num_heads, D // self.num_heads).permute(2, 0, 3, 1, 4)
@@ -71,9 +72,9 @@ class Attention(nn.Module):
             q, k = rope.rotate(q), rope.rotate(k)
         if cache is not None:
             k, v = cache.extend(k, v)  # the new queries also see every cached token
-        # attn_mask: boolean, True = may attend; broadcast over batch and heads ([N, N] or [B, 1, N, N]);
-        # with a cache its rows are the new tokens and its columns all tokens.
-        x = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)
+        # attn_mask: boolean, True = may attend; broadcast over batch and heads ([N, N] or [B, 1, N, N]),
+        # or a FlexAttention BlockMask; with a cache its rows are the new tokens and its columns all tokens.
+        x = attend(q, k, v, attn_mask)
         return self.proj(x.transpose(1, 2).reshape(B, N, D))
 
 
@@ -97,7 +98,7 @@ class Block(nn.Module):
         self.norm2 = nn.LayerNorm(dim, eps=norm_eps)
         self.mlp = MLP(dim, int(dim * mlp_ratio))
 
-    def forward(self, x: torch.Tensor, attn_mask: Optional[torch.Tensor] = None,
+    def forward(self, x: torch.Tensor, attn_mask: Optional[AttentionMask] = None,
                 cache: Optional[KVCache] = None, rope: Optional[RopeTables] = None) -> torch.Tensor:
         x = x + self.attn(self.norm1(x), attn_mask, cache, rope)
         return x + self.mlp(self.norm2(x))
@@ -229,31 +230,50 @@ class VisionTransformer(nn.Module):
         forward_tokens; None for a sin-cos model (its positions are in the tokens already)."""
         return None if self.rope is None else self.rope(grid, index, device)
 
-    def forward_tokens(self, tokens: torch.Tensor, attn_mask: Optional[torch.Tensor] = None,
-                       caches: Optional[list[KVCache]] = None, rope: Optional[RopeTables] = None) -> torch.Tensor:
+    def forward_tokens(self, tokens: torch.Tensor, attn_mask: Optional[AttentionMask] = None,
+                       caches: Optional[list[KVCache]] = None, rope: Optional[RopeTables] = None,
+                       layers: Optional[Sequence[int]] = None) -> Union[torch.Tensor, list[torch.Tensor]]:
         """Run the blocks and the final norm on already embedded tokens [B, N, D].
 
         `caches`: one KVCache per block for incremental (autoregressive) decoding; `tokens` are then
         only the new tokens and `attn_mask` (if any) has a row per new token, a column per token.
-        `rope`: a RoPE model's tables for exactly these tokens (rope_tables)."""
+        `rope`: a RoPE model's tables for exactly these tokens (rope_tables).
+        `layers`: block indices in [0, depth); return each one's output through the final norm (a
+        list, in that order) instead of the last block's; later blocks are not run."""
         if caches is not None and len(caches) != len(self.blocks):
             raise ValueError(f"need one KVCache per block ({len(self.blocks)}), got {len(caches)}")
         if (rope is None) != (self.rope is None):
             raise ValueError(f"this ViT has positions={self.positions!r}: forward_tokens needs rope tables "
                              "(encoder.rope_tables(grid, index)) exactly when its positions are rotary")
-        for i, block in enumerate(self.blocks):
+        if layers is not None and (caches is not None or not all(0 <= i < self.depth for i in layers)):
+            raise ValueError(f"layers must be block indices in [0, {self.depth}) and come without caches, got {layers}")
+        last = self.depth - 1 if layers is None else max(layers)
+        outputs = {}
+        for i, block in enumerate(self.blocks[:last + 1]):
             tokens = block(tokens, attn_mask, None if caches is None else caches[i], rope)
-        return self.norm(tokens)
+            if layers is not None and i in layers:
+                outputs[i] = self.norm(tokens)
+        return self.norm(tokens) if layers is None else [outputs[i] for i in layers]
 
     def forward(
-        self, x: torch.Tensor, keep: Optional[Union[torch.Tensor, Sequence[torch.Tensor]]] = None
+        self, x: torch.Tensor, keep: Optional[Union[torch.Tensor, Sequence[torch.Tensor]]] = None,
+        attn_mask: Optional[AttentionMask] = None, caches: Optional[list[KVCache]] = None,
+        layers: Optional[Sequence[int]] = None,
     ) -> Union[torch.Tensor, list[torch.Tensor]]:
         """Encode all tokens, the tokens in `keep` [B, K], or — given a list of index tensors — each
-        subset in turn from one patch embedding (V-JEPA's several mask configurations). Everything
-        goes through forward() so that wrappers hooking it (FSDP2, compile) see every parameter use."""
+        subset in turn from one patch embedding (V-JEPA's several mask configurations). `attn_mask`,
+        `caches` (then only the tokens not cached yet are run) and `layers`: see forward_tokens.
+        Every use of the encoder goes through forward(), so that wrappers hooking it (FSDP2's
+        gathers, compile, profiler regions) see every parameter use."""
         tokens, grid = self.embed(x), self.token_grid(x.shape)
         if keep is None:
-            return self.forward_tokens(tokens, rope=self.rope_tables(grid, device=tokens.device))
+            start = len(caches[0]) if caches else 0
+            # Rotary tables of the new tokens only: cached keys were stored rotated.
+            new = torch.arange(start, tokens.size(1), device=tokens.device) if start else None
+            return self.forward_tokens(tokens[:, start:], attn_mask, caches,
+                                       self.rope_tables(grid, new, tokens.device), layers)
         if isinstance(keep, torch.Tensor):
-            return self.forward_tokens(gather_tokens(tokens, keep), rope=self.rope_tables(grid, keep))
-        return [self.forward_tokens(gather_tokens(tokens, k), rope=self.rope_tables(grid, k)) for k in keep]
+            return self.forward_tokens(gather_tokens(tokens, keep), attn_mask, caches, self.rope_tables(grid, keep),
+                                       layers)
+        return [cast(torch.Tensor, self.forward_tokens(gather_tokens(tokens, k), attn_mask, caches,
+                                                       self.rope_tables(grid, k), layers)) for k in keep]

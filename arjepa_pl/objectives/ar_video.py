@@ -98,6 +98,16 @@ class NextStepObjective(ScheduledModule):
     def outputs(self, clip: torch.Tensor, caches: Optional[list[KVCache]] = None) -> torch.Tensor:
         return next_step_outputs(self.encoder, self.head, clip, self.prefix_steps, caches)
 
+    def training_outputs(self, clip: torch.Tensor) -> torch.Tensor:
+        """Outputs of every step but the last, [B, (T' - 1) * S, out]: all that a loss pairs with a target.
+
+        The last step's outputs would predict beyond the clip, and under the block-causal mask no
+        earlier token attends to the last step (it lies outside the prefix: see loss_window), so its
+        tokens are left out of the encoder: the other outputs are the same, and the step saves 1/T'
+        of the encoder and head and more of the attention (the last step's queries see every key)."""
+        self.loss_window(clip)  # a clear error for clips too short to predict anything
+        return self.outputs(clip[:, :, :-self.encoder.tubelet_size])
+
     def loss_window(self, video: torch.Tensor) -> tuple[int, int, int]:
         """(first step whose output is in the loss, number of steps T', tokens per step S).
 
@@ -113,7 +123,8 @@ class NextStepObjective(ScheduledModule):
     def shift(self, outputs: torch.Tensor, per_token: torch.Tensor,
               video: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Pair each output in the loss with the token of the next step at the same position:
-        outputs [B, N, ...] of steps s0..T'-2 and per_token [B, N, ...] values of steps s0+1..T'-1."""
+        outputs [B, N, ...] (or [B, N - S, ...] from training_outputs) of steps s0..T'-2 and per_token
+        [B, N, ...] values of steps s0+1..T'-1."""
         first, T, S = self.loss_window(video)
         return outputs[:, first * S:(T - 1) * S], per_token[:, (first + 1) * S:]
 
@@ -228,7 +239,7 @@ class ARVideo(NextStepObjective):
 
     def step_loss(self, video: torch.Tensor, metrics: bool = False) -> torch.Tensor:
         targets, copy_last = self.targets(video)
-        pred, target = self.shift(self.outputs(video), targets, video)
+        pred, target = self.shift(self.training_outputs(video), targets, video)
         if metrics:  # the loss of copying the last frame: the model must get below it
             guess, _ = self.shift(copy_last, targets, video)
             self.log("val/copy_last_loss", F.mse_loss(guess, target), sync_dist=True, batch_size=video.size(0))

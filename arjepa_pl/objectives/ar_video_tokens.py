@@ -125,7 +125,7 @@ class ARVideoTokens(NextStepObjective):
 
     def step_loss(self, video: torch.Tensor, metrics: bool = False) -> torch.Tensor:
         codes, tokenized = self.tokenize(video)
-        logits, target = self.shift(self.outputs(tokenized), codes, video)
+        logits, target = self.shift(self.training_outputs(tokenized), codes, video)
         nll = F.cross_entropy(logits.flatten(0, 1), target.flatten(), reduction="sum")
         if metrics:
             self.val_bits_per_dim.update(nll, target.numel() * self.patch_dim)
