@@ -66,6 +66,8 @@ BACKGROUND = 0.5  # grey level of the plain background
 RADIUS = (0.12, 0.15)  # object size: its 'radius' as a fraction of the side (2-3 patches of 8 px wide at 64 px)
 REACH = 5 / 3  # how far any shape extends from its centre, in radii (the triangle's apex)
 CENTRE_GAP = 0.03  # a path's midpoint keeps this fraction of the side away from the quadrant borders
+# The smallest frame whose quadrants leave room for the largest object's fastest path (at 16 px they do not).
+MIN_SIZE = 32
 COLOUR_JITTER = 0.05  # per-channel jitter of an object's colour: no exact value identifies a colour class
 
 
@@ -168,8 +170,8 @@ def render_clip(factors: dict[str, int], rng: np.random.Generator, num_frames: i
     nuisance = nuisance or Nuisance()
     if num_frames < 2:
         raise ValueError(f"a clip needs >= 2 frames to show motion, got {num_frames}")
-    if size < 16:
-        raise ValueError(f"frame size must be >= 16 px, got {size}")
+    if size < MIN_SIZE:
+        raise ValueError(f"frame size must be >= {MIN_SIZE} px, got {size}")
     shape = FACTORS["shape"][factors["shape"]]
     colour = np.asarray(RGB[FACTORS["colour"][factors["colour"]]], np.float32)
     dx, dy = DIRECTION_VECTORS[FACTORS["direction"][factors["direction"]]]

@@ -18,7 +18,16 @@ from torch.utils.data import DataLoader, Dataset
 from arjepa_pl.normalization import IMAGENET_MEAN, IMAGENET_STD
 
 from .datamodules import ClipDataModule
-from .moving_shapes import NUISANCES, NUM_COMBINATIONS, SPLIT_IDS, Nuisance, clip_factors, factors_to_label, render_clip
+from .moving_shapes import (
+    MIN_SIZE,
+    NUISANCES,
+    NUM_COMBINATIONS,
+    SPLIT_IDS,
+    Nuisance,
+    clip_factors,
+    factors_to_label,
+    render_clip,
+)
 from .resumable import ResumableDataLoader
 from .samplers import ClipSampler, sample_key
 
@@ -127,6 +136,9 @@ class MovingShapesDataModule(ClipDataModule):
         for split, count in self.split_sizes.items():
             if isinstance(count, bool) or not isinstance(count, numbers.Integral) or count < 1:
                 raise ValueError(f"{split}_clips must be an integer >= 1, got {count!r}")
+        if crop_size < MIN_SIZE:  # found here, not when the first worker renders a clip
+            raise ValueError(f"crop_size must be >= {MIN_SIZE} px for moving shapes (the object's path needs "
+                             f"room in its quadrant), got {crop_size}")
         self.render_seed = render_seed
         self.test_dataset: MovingShapesDataset | None = None
 

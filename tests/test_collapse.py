@@ -253,7 +253,7 @@ def test_monitor_stays_quiet_on_a_healthy_model_and_keeps_its_state(tmp_path):
 def test_monitor_logs_within_clip_share_and_reverse_playback_of_a_jepa(tmp_path):
     from data_modules import MovingShapesDataModule
 
-    data = MovingShapesDataModule(train_clips=8, val_clips=4, test_clips=4, frames_per_clip=4, crop_size=16,
+    data = MovingShapesDataModule(train_clips=8, val_clips=4, test_clips=4, frames_per_clip=4, crop_size=32,
                                   batch_size=4, num_workers=0)
     monitor = CollapseMonitor(every_n_steps=1)
     L.Trainer(accelerator="cpu", max_steps=2, logger=False, enable_checkpointing=False, enable_progress_bar=False,

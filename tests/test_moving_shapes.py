@@ -133,6 +133,7 @@ def test_data_module_batches_are_the_same_whatever_the_workers_and_jepa_collates
     ({"nuisance": "noise"}, "nuisance must be one of"),
     ({"nuisance_strength": 1.5}, "nuisance_strength must lie in [0, 1]"),
     ({"val_clips": 0}, "val_clips must be an integer >= 1"),
+    ({"crop_size": 16}, "crop_size must be >= 32 px"),
 ])
 def test_bad_arguments_name_the_key(kwargs, message):
     with pytest.raises(ValueError, match=message.replace("[", r"\[").replace("]", r"\]")):
