@@ -148,7 +148,8 @@ class MovingShapesDataModule(ClipDataModule):
     def label_values(self) -> list[int]:
         """The distinct labels of the training split (the pre-flight check of probe tasks reads them):
         the design repeats every NUM_COMBINATIONS clips, so no rendering is needed."""
-        return sorted({factors_to_label(clip_factors(i)) for i in range(min(self.split_sizes["train"], NUM_COMBINATIONS))})
+        clips = min(self.split_sizes["train"], NUM_COMBINATIONS)
+        return sorted({factors_to_label(clip_factors(i)) for i in range(clips)})
 
     def train_dataloader(self) -> ResumableDataLoader:
         self._require_setup()
