@@ -63,6 +63,9 @@ def tiny_run_args(run_dir: Path, manifests, steps: int, batch: int, every: int, 
         "--model.init_args.encoder.init_args.num_heads", "2", "--model.init_args.predictor_embed_dim", "16",
         "--model.init_args.predictor_depth", "1", "--model.init_args.predictor_num_heads", "2",
         "--model.init_args.warmup_steps", "2", "--model.init_args.total_steps", "20",
+        # VICReg's terms are statistics of each rank's batch, so with them 2 ranks of 2 clips are not one
+        # process with 4: off, so that a distributed run must match a single one.
+        "--model.init_args.vicreg_var_coeff", "0", "--model.init_args.vicreg_cov_coeff", "0",
     ]
 
 

@@ -91,7 +91,7 @@ def test_costs_are_measured_from_a_comparison_and_give_the_estimate(tmp_path):
 
 
 def test_fairness_check_names_every_difference():
-    base = ["--trainer.max_steps=10"]
+    base = ["--trainer.max_steps=10", "--model.init_args.lr=1e-3"]  # the comparison sets one optimiser for all
     jepa = resolved_config(["--config", str(REPO / "configs/vjepa.yaml"), *base])
     ar = resolved_config(["--config", str(REPO / "configs/ar_video.yaml"), *base])
     check_fairness({"vjepa": jepa, "ar": ar})  # the quick-start configs agree

@@ -38,9 +38,10 @@ def fit(run_dir: Path, devices: int, config: str, manifests, *extra: str, object
     if objective:
         data = [*video_data(manifests.train, manifests.val), "--data.frame_step", "2", "--data.batch_size", str(4 // devices)]
         prefix = "--data."
-    else:  # arjepa_pl.evaluation.FrozenFeatureData: the video data module is its `data`
-        data = ["--data.data.train_manifest", str(manifests.train), "--data.data.val_manifest", str(manifests.val),
-                "--data.data.batch_size", str(4 // devices)]
+    else:  # arjepa_pl.evaluation.FrozenFeatureData: the video data module is its `data`. No feature cache:
+        # the heads train on the sharded encoder's forward (filling the cache under FSDP2 is not supported yet).
+        data = ["--data.cache", "false", "--data.data.train_manifest", str(manifests.train),
+                "--data.data.val_manifest", str(manifests.val), "--data.data.batch_size", str(4 // devices)]
         prefix = "--data.data."
     data += [prefix + "num_workers", "0", prefix + "frames_per_clip", "8", prefix + "crop_size", "32"]
     run_cli(["--config", str(REPO / "configs" / config), *QUIET, *strategy, "--trainer.devices", str(devices),
