@@ -10,7 +10,7 @@ count, same batch size):
 
 ratio = pipeline / raw clips/s (target >= 0.9), and the same ratio of CPU time per clip (all
 processes), which other jobs on a shared machine disturb much less than wall-clock rates. Sets: the demo clips (64x64, 32 frames at 8 fps, clips of
-16 x 2 cropped to 64, as configs/vjepa.yaml) and a generated higher-resolution set (640x360,
+16 x 2 cropped to 64, as configs/vjepa2.yaml) and a generated higher-resolution set (640x360,
 30 fps, 30 s each, x264 defaults but the preset; clips of 16 x 4 cropped to 224, as the ViT-L recipe).
 Each measurement is the best of --rounds, alternating raw and pipeline (the machine may be shared).
 Then the pipeline reads --rss-clips demo clips and prints each worker's RSS growth.

@@ -157,6 +157,12 @@ class MovingShapesDataModule(ClipDataModule):
             log.info(f"moving shapes: {self.split_sizes} clips, nuisance {self.nuisance.kind} "
                      f"(strength {self.nuisance.strength:g}), render seed {self.render_seed}{note}")
 
+    def label_values(self) -> list[int]:
+        """The distinct labels of the training split (the pre-flight check of probe tasks reads them):
+        the design repeats every NUM_COMBINATIONS clips, so no rendering is needed."""
+        clips = min(self.split_sizes["train"], NUM_COMBINATIONS)
+        return sorted({factors_to_label(clip_factors(i)) for i in range(clips)})
+
     def train_dataloader(self) -> ResumableDataLoader:
         self._require_setup()
         assert self.train_dataset is not None  # checked by _require_setup

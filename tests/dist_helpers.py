@@ -35,6 +35,15 @@ def cli_env(**extra) -> dict:
     return env
 
 
+def video_data(train: Path, val: Path | None = None) -> list[str]:
+    """Overrides that put configs/vjepa.yaml or configs/ar_video.yaml (the moving-shapes benchmark) on
+    video files: the test demo set's manifests. The data module's class changes on the command line;
+    jsonargparse keeps the config's frames_per_clip, crop_size, batch_size and num_workers, the other keys
+    take VideoDataModule's defaults (hflip stays off: a flip swaps the demo's left and right)."""
+    return ["--data=data_modules.VideoDataModule", "--data.train_manifest", str(train),
+            *(["--data.val_manifest", str(val)] if val is not None else []), "--data.hflip", "false"]
+
+
 def tiny_run_args(run_dir: Path, manifests, steps: int, batch: int, every: int, logger: bool = False) -> list[str]:
     """A V-JEPA run small enough for a 2-core CPU: 8 frames of 32x32, 2-layer encoder, no validation,
     a checkpoint every `every` steps and no other callback; no logger unless `logger` (the config's)."""
@@ -48,12 +57,15 @@ def tiny_run_args(run_dir: Path, manifests, steps: int, batch: int, every: int, 
         "--trainer.limit_val_batches", "0", "--trainer.enable_progress_bar", "false",
         "--trainer.enable_model_summary", "false", "--trainer.log_every_n_steps", "1",
         f"--trainer.callbacks={json.dumps([checkpoints])}", *([] if logger else ["--trainer.logger", "false"]),
-        "--data.train_manifest", str(manifests.train), "--data.frames_per_clip", "8", "--data.crop_size", "32",
+        *video_data(manifests.train), "--data.frames_per_clip", "8", "--data.frame_step", "2", "--data.crop_size", "32",
         "--data.batch_size", str(batch), "--data.num_workers", "0",
         "--model.init_args.encoder.init_args.embed_dim", "32", "--model.init_args.encoder.init_args.depth", "2",
         "--model.init_args.encoder.init_args.num_heads", "2", "--model.init_args.predictor_embed_dim", "16",
         "--model.init_args.predictor_depth", "1", "--model.init_args.predictor_num_heads", "2",
         "--model.init_args.warmup_steps", "2", "--model.init_args.total_steps", "20",
+        # VICReg's terms are statistics of each rank's batch, so with them 2 ranks of 2 clips are not one
+        # process with 4: off, so that a distributed run must match a single one.
+        "--model.init_args.vicreg_var_coeff", "0", "--model.init_args.vicreg_cov_coeff", "0",
     ]
 
 

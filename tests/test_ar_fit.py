@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from arjepa_pl.cli import ArJepaCLI
+from tests.dist_helpers import video_data
 
 REPO = Path(__file__).resolve().parents[1]
 # Lightning's CSV logger alone instead of the configs' CSV + W&B pair (tests/test_wandb.py covers W&B): no
@@ -31,12 +32,12 @@ def logged(run_dir: Path, key: str) -> list[float]:
 
 
 def small_video(config: str, run_dir: Path, demo_manifests, steps: int) -> list[str]:
-    """The config on 8 frames of 32x32 (4 steps of 4x4 tokens), a 2-layer encoder, validation twice
-    on the same 8 clips."""
+    """The config on the test demo set's videos (ar_video.yaml's moving-shapes benchmark switched to
+    them), 8 frames of 32x32 (4 steps of 4x4 tokens), a 2-layer encoder, validation twice on the same 8 clips."""
     return ["--config", str(REPO / "configs" / config), "--trainer.default_root_dir", str(run_dir), *quiet(run_dir),
             "--trainer.max_steps", str(steps), "--trainer.val_check_interval", str(steps // 2), "--trainer.limit_val_batches", "2",
             "--trainer.log_every_n_steps", "1", "--trainer.accelerator", "cpu",
-            "--data.train_manifest", str(demo_manifests.train), "--data.val_manifest", str(demo_manifests.val),
+            *video_data(demo_manifests.train, demo_manifests.val), "--data.frame_step", "2",
             "--data.frames_per_clip", "8", "--data.crop_size", "32", "--data.batch_size", "4", "--data.num_workers", "0",
             "--model.init_args.encoder.init_args.depth", "2", "--model.init_args.rollout_context_frames", "4",
             "--model.init_args.warmup_steps", "3"]

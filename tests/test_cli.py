@@ -1,5 +1,6 @@
 """The CLI: every config parses and instantiates, overrides work, mistyped keys are errors, and a
-short fit on the demo data trains (falling loss, checkpoint written)."""
+short fit of the quick-start config on a small moving-shapes benchmark trains (falling loss, checkpoint
+written)."""
 
 import csv
 from pathlib import Path
@@ -32,7 +33,7 @@ def build(args: list[str]) -> ArJepaCLI:
 @pytest.mark.parametrize("config", CONFIGS, ids=lambda p: p.name)
 def test_every_config_parses_and_instantiates(config, tmp_path, demo_manifests):
     args = ["--config", str(config), *ON_CPU, "--trainer.default_root_dir", str(tmp_path)]
-    if "data_modules.VideoDataModule" in config.read_text():  # video data: the small test demo set
+    if "class_path: data_modules.VideoDataModule" in config.read_text():  # video data: the small test demo set
         wrapped = "arjepa_pl.evaluation.FrozenFeatureData" in config.read_text()  # probes: the feature cache's data
         args += ["--data.data.train_manifest" if wrapped else "--data.train_manifest", str(demo_manifests.train)]
     if config.name in LARGE:
@@ -46,16 +47,15 @@ def test_every_config_parses_and_instantiates(config, tmp_path, demo_manifests):
 
 
 @pytest.mark.parametrize("preset", PRESETS, ids=lambda p: p.name)
-def test_every_trainer_preset_applies_over_an_experiment_config(preset, tmp_path, demo_manifests):
+def test_every_trainer_preset_applies_over_an_experiment_config(preset, tmp_path):
     from arjepa_pl.strategies import FSDP2Strategy
 
     # The strategy and precision are built for real (on the CPU, one device); the rest of the
     # experiment's config is kept.
     cli = build(["--config", str(REPO / "configs/vjepa.yaml"), "--config", str(preset), "--trainer.accelerator", "cpu",
-                 "--trainer.devices", "1", "--trainer.default_root_dir", str(tmp_path),
-                 "--data.train_manifest", str(demo_manifests.train)])
+                 "--trainer.devices", "1", "--trainer.default_root_dir", str(tmp_path)])
     text = preset.read_text()
-    assert cli.model.encoder.depth == 6 and cli.datamodule.crop_size == 64
+    assert cli.model.encoder.depth == 4 and cli.datamodule.crop_size == 64
     assert ("precision: bf16-mixed" in text) == (cli.trainer.precision == "bf16-mixed")
     if "FSDP2Strategy" in text:
         assert isinstance(cli.trainer.strategy, FSDP2Strategy)
@@ -80,14 +80,14 @@ def test_paper_recipe_is_the_paper_recipe(tmp_path, demo_manifests):
     assert "precision: bf16-mixed" in (REPO / "configs/vjepa_vitl16.yaml").read_text()  # overridden above for CPU
 
 
-def test_documented_overrides_apply(tmp_path, demo_manifests):
+def test_documented_overrides_apply(tmp_path):
     run_dir = tmp_path / "elsewhere"
     cli = build(["--config", str(REPO / "configs/vjepa.yaml"), "--trainer.max_steps", "5", "--data.batch_size", "2",
-                 "--data.num_workers", "0", "--data.train_manifest", str(demo_manifests.train),
-                 "--data.frames_per_clip", "8", "--data.crop_size", "64", "--trainer.default_root_dir", str(run_dir)])
+                 "--data.num_workers", "0", "--data.train_clips", "64", "--data.nuisance", "dynamic",
+                 "--data.frames_per_clip", "4", "--data.crop_size", "32", "--trainer.default_root_dir", str(run_dir)])
     dm, trainer = cli.datamodule, cli.trainer
-    assert (dm.batch_size, dm.num_workers, dm.frames_per_clip, dm.crop_size) == (2, 0, 8, 64)
-    assert dm.train_manifest == str(demo_manifests.train)
+    assert (dm.batch_size, dm.num_workers, dm.frames_per_clip, dm.crop_size) == (2, 0, 4, 32)
+    assert dm.split_sizes["train"] == 64 and dm.nuisance.kind == "dynamic"
     assert trainer.max_steps == 5
     # Interpolations resolve after the override: checkpoints and logs follow the run directory.
     assert Path(trainer.checkpoint_callback.dirpath) == run_dir / "checkpoints"
@@ -117,6 +117,11 @@ def test_mistyped_key_in_config_file_is_an_error(tmp_path):
     assert error.value.hint == "did you mean predictor_depth?"
 
 
+# The moving-shapes benchmark of the quick-start configs, small: 32 training clips of 4 frames of 32x32.
+SMALL_SHAPES = ["--data.train_clips", "32", "--data.val_clips", "16", "--data.test_clips", "16", "--data.crop_size", "32",
+                "--data.frames_per_clip", "4"]
+
+
 def _logged(run_dir: Path, key: str) -> list[float]:
     (metrics,) = run_dir.rglob("metrics.csv")
     with metrics.open() as f:
@@ -124,7 +129,7 @@ def _logged(run_dir: Path, key: str) -> list[float]:
 
 
 @pytest.mark.slow
-def test_short_fit_on_demo_data_lowers_the_loss_and_checkpoints(tmp_path, demo_manifests):
+def test_short_fit_lowers_the_loss_and_checkpoints(tmp_path):
     run_dir = tmp_path / "run"
     # Lightning's CSV logger alone instead of the config's CSV + W&B pair (tests/test_wandb.py reads W&B's files): no
     # W&B start-up. A logger given on the command line starts from its own defaults: save_dir is the run's.
@@ -134,8 +139,7 @@ def test_short_fit_on_demo_data_lowers_the_loss_and_checkpoints(tmp_path, demo_m
                           "--trainer.logger.init_args.save_dir", str(run_dir),
                           "--trainer.max_steps", "40", "--trainer.val_check_interval", "20", "--trainer.log_every_n_steps", "1",
                           "--trainer.limit_val_batches", "2", "--trainer.enable_progress_bar", "false",
-                          "--data.train_manifest", str(demo_manifests.train), "--data.val_manifest", str(demo_manifests.val),
-                          "--data.frames_per_clip", "8", "--data.batch_size", "4", "--data.num_workers", "2",
+                          *SMALL_SHAPES, "--data.batch_size", "4", "--data.num_workers", "2",
                           "--model.init_args.warmup_steps", "5", "--trainer.callbacks.every_n_steps", "5"])
     losses = _logged(run_dir, "train/loss")
     assert len(losses) == 40
@@ -151,6 +155,6 @@ def test_short_fit_on_demo_data_lowers_the_loss_and_checkpoints(tmp_path, demo_m
     (monitor,) = [c for c in cli.trainer.callbacks if type(c).__name__ == "CollapseMonitor"]
     assert len(_logged(run_dir, "collapse/target_rankme")) == 8
     assert monitor.alarm is None, monitor.history
-    # The online probe (every 10th batch) trained and was evaluated at both validations.
-    for task in ("shape", "direction"):
+    # The online probe (every batch) trained and was evaluated at both validations, on the five factors.
+    for task in ("shape", "colour", "direction", "speed", "location"):
         assert len(_logged(run_dir, f"online_probe/{task}/acc")) == 2, task

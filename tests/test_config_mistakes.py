@@ -16,36 +16,40 @@ from pathlib import Path
 
 import pytest
 
-from tests.dist_helpers import REPO, cli_env
+from tests.dist_helpers import REPO, cli_env, video_data
 
 VJEPA = str(REPO / "configs/vjepa.yaml")
-# configs/vjepa.yaml, small enough to build in a moment (the mistakes are added to it).
+# configs/vjepa.yaml (the moving-shapes benchmark), small enough to build in a moment (the mistakes are
+# added to it).
 TINY = ["--model.init_args.encoder.init_args.embed_dim", "32", "--model.init_args.encoder.init_args.depth", "1",
         "--model.init_args.encoder.init_args.num_heads", "2", "--model.init_args.predictor_embed_dim", "16",
         "--model.init_args.predictor_depth", "1", "--model.init_args.predictor_num_heads", "2",
         "--data.frames_per_clip", "8", "--data.crop_size", "32", "--data.num_workers", "0", "--trainer.max_steps", "50"]
 
 
-def case(id, args, key, value=None, files=None, base=True, command="fit", manifest=True):
+def case(id, args, key, value=None, files=None, base=True, command="fit", video=False, manifest=True):
     """One mistake: the CLI arguments after the base ones ({tmp}: this case's folder), the key and value
-    stderr must name, and files to write first ({name: text})."""
+    stderr must name, and files to write first ({name: text}). video: on video files (VideoDataModule,
+    with the test demo set's training manifest unless not `manifest`) instead of the config's benchmark."""
     return dict(id=id, args=args, key=key, value=value, files=files or {}, base=base, command=command,
-                manifest=manifest)
+                video=video, manifest=manifest)
 
 
 YAML_TYPO = Path(VJEPA).read_text().replace("predictor_depth:", "predictor_detph:")
 YAML_BROKEN = "trainer:\n  max_steps: 3\n  limit_val_batches: [1, 2\nmodel:\n  class_path: x\n"
-# The demo labels are shape * 4 + direction (3 shapes): an online probe task over them.
+# The benchmark's labels pack its factors in mixed radix (shape: label // 128, 4 values): an online probe task over them.
 ONLINE_PROBE = ("trainer:\n  callbacks:\n    - class_path: arjepa_pl.callbacks.OnlineProbe\n"
                 "      init_args:\n        tasks: {tasks}\n")
 
 CASES = [
     # values refused by the objects' constructors
     case("batch_size", ["--data.batch_size", "-2"], "data.init_args.batch_size", "-2"),
-    case("frame_step", ["--data.frame_step", "0"], "data.init_args.frame_step", "0"),
-    case("crop_scale", ["--data.crop_scale", "[0.5, 1.5]"], "data.init_args.crop_scale", "1.5"),
+    case("train_clips", ["--data.train_clips", "0"], "data.init_args.train_clips", "0"),
+    case("nuisance", ["--data.nuisance", "fog"], "data.init_args.nuisance", "fog"),
+    case("frame_step", ["--data.frame_step", "0"], "data.init_args.frame_step", "0", video=True),
+    case("crop_scale", ["--data.crop_scale", "[0.5, 1.5]"], "data.init_args.crop_scale", "1.5", video=True),
     case("num_workers", ["--data.num_workers", "-1"], "data.init_args.num_workers", "-1"),
-    case("mix_weights", ["--data.mix_weights", "[1, 2]"], "data.init_args.mix_weights", "[1.0, 2.0]"),
+    case("mix_weights", ["--data.mix_weights", "[1, 2]"], "data.init_args.mix_weights", "[1.0, 2.0]", video=True),
     case("lr", ["--model.init_args.lr=-1e-3"], "model.init_args.lr", "-0.001"),
     case("start_lr", ["--model.init_args.start_lr", "-1"], "model.init_args.start_lr", "-1"),
     case("eps", ["--model.init_args.eps", "0"], "model.init_args.eps", "0"),
@@ -66,7 +70,7 @@ CASES = [
     # types and choices refused by the parser
     case("max_steps_type", ["--trainer.max_steps", "abc"], "trainer.max_steps", "abc"),
     case("loss_choice", ["--model.init_args.loss", "l3"], "model.init_args.loss", "l3"),
-    case("short_videos", ["--data.short_videos", "truncate"], "data.init_args.short_videos", "truncate"),
+    case("short_videos", ["--data.short_videos", "truncate"], "data.init_args.short_videos", "truncate", video=True),
     # mistyped names
     case("typo_cli", ["--trainer.max_stepz", "5"], "trainer.max_stepz", "5"),
     case("typo_yaml", [], "model.init_args.predictor_detph", "did you mean predictor_depth",
@@ -78,13 +82,13 @@ CASES = [
          files={"broken.yaml": YAML_BROKEN}),
     case("config_missing", ["--config", "{tmp}/nowhere.yaml"], "config", "nowhere.yaml"),
     case("manifest_missing", ["--data.train_manifest", "{tmp}/nowhere.csv"], "data.init_args.train_manifest",
-         "nowhere.csv", manifest=False),
+         "nowhere.csv", video=True, manifest=False),
     case("manifest_empty", ["--data.train_manifest", "{tmp}/empty.csv"], "data.init_args.train_manifest", "empty.csv",
-         files={"empty.csv": "\n"}, manifest=False),
+         files={"empty.csv": "\n"}, video=True, manifest=False),
     case("manifest_fields", ["--data.val_manifest", "{tmp}/bad.csv"], "data.init_args.val_manifest", "bad.csv:2",
-         files={"bad.csv": "a.mp4 0\nb.mp4 1 extra\n"}),
+         files={"bad.csv": "a.mp4 0\nb.mp4 1 extra\n"}, video=True),
     case("manifest_label", ["--data.val_manifest", "{tmp}/label.csv"], "data.init_args.val_manifest", "'cat'",
-         files={"label.csv": "a.mp4 cat\n"}),
+         files={"label.csv": "a.mp4 cat\n"}, video=True),
     case("ckpt_missing", ["--ckpt_path", "{tmp}/nowhere.ckpt"], "ckpt_path", "nowhere.ckpt"),
     case("ckpt_corrupt", ["--ckpt_path", "{tmp}/corrupt.ckpt"], "ckpt_path", "corrupt.ckpt",
          files={"corrupt.ckpt": "not a checkpoint"}),
@@ -94,7 +98,7 @@ CASES = [
     case("warmup", ["--model.init_args.warmup_steps", "80", "--model.init_args.total_steps", "50"],
          "model.init_args.warmup_steps", "80"),
     case("task_classes", ["--config", "{tmp}/tasks.yaml"], "trainer.callbacks[0].init_args.tasks[0].num_classes", "2",
-         files={"tasks.yaml": ONLINE_PROBE.format(tasks="[{name: shape, num_classes: 2, divisor: 4}]")}),
+         files={"tasks.yaml": ONLINE_PROBE.format(tasks="[{name: shape, num_classes: 2, divisor: 128}]")}),
     case("accelerator", ["--trainer.accelerator", "gpu"], "trainer.accelerator", "gpu"),
     # the run directory: busy, not writable
     case("busy", [], "in use by another run", "pid {pid}", files={"run/run.lock": "{lock}"}),
@@ -107,7 +111,7 @@ CASES = [
 def argv_of(spec: dict, tmp: Path, manifests) -> list[str]:
     config = ["--config", str(tmp / "typo.yaml")] if not spec["base"] else ["--config", VJEPA, *TINY]
     run = ["--trainer.default_root_dir", str(tmp / "run")]
-    data = ["--data.train_manifest", str(manifests.train)] if spec["manifest"] else []
+    data = (video_data(manifests.train) if spec["manifest"] else ["--data=data_modules.VideoDataModule"]) if spec["video"] else []
     args = [a.replace("{tmp}", str(tmp)) for a in spec["args"]]
     return [spec["command"], *config, *run, *data, *args]
 
@@ -144,7 +148,7 @@ def test_enough_mistakes_are_covered():
     assert len(CASES) >= 25 and len({c["id"] for c in CASES}) == len(CASES)
 
 
-# The batch costs ~37 CPU-seconds (41 CLI runs, two at a time): the slow tier.
+# The batch costs ~37 CPU-seconds (43 CLI runs, two at a time): the slow tier.
 @pytest.mark.slow
 @pytest.mark.parametrize("spec", CASES, ids=[c["id"] for c in CASES])
 def test_mistake_is_a_short_keyed_message_and_nothing_is_written(spec, outcomes):

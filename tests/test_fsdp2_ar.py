@@ -9,15 +9,15 @@ from pathlib import Path
 
 import pytest
 
-from tests.dist_helpers import load_weights, max_abs_diff, run_cli
+from tests.dist_helpers import load_weights, max_abs_diff, run_cli, video_data
 
 pytestmark = pytest.mark.slow
 
 STEPS = 3
 TOLERANCE = 1e-5  # reduction order differs between 1 and 2 processes
 QUIET = ["--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false",
-         "--trainer.accelerator", "cpu", "--data.num_workers", "0", "--data.frames_per_clip", "8",
-         "--data.crop_size", "32"]
+         "--trainer.accelerator", "cpu"]
+# The test demo set's labels are shape * 4 + direction (3 shapes).
 TASKS = [{"name": "shape", "num_classes": 3, "divisor": 4}, {"name": "direction", "num_classes": 4, "modulo": 4}]
 
 
@@ -32,8 +32,18 @@ def callbacks(run_dir: Path, objective: bool) -> str:
 
 def fit(run_dir: Path, devices: int, config: str, manifests, *extra: str, objective: bool = True):
     """A short fit of `config` with a global batch of 4 on `devices` processes (FSDP2 when 2), validated
-    once at the end; returns the run's logged metrics (rank 0's CSV)."""
+    once at the end, on the test demo set; returns the run's logged metrics (rank 0's CSV). An objective's
+    config (ar_video.yaml: the moving-shapes benchmark) is switched to the video files; a probe's wraps them."""
     strategy = ["--trainer.strategy", "fsdp2_full"] if devices > 1 else []
+    if objective:
+        data = [*video_data(manifests.train, manifests.val), "--data.frame_step", "2", "--data.batch_size", str(4 // devices)]
+        prefix = "--data."
+    else:  # arjepa_pl.evaluation.FrozenFeatureData: the video data module is its `data`. No feature cache:
+        # the heads train on the sharded encoder's forward (filling the cache under FSDP2 is not supported yet).
+        data = ["--data.cache", "false", "--data.data.train_manifest", str(manifests.train),
+                "--data.data.val_manifest", str(manifests.val), "--data.data.batch_size", str(4 // devices)]
+        prefix = "--data.data."
+    data += [prefix + "num_workers", "0", prefix + "frames_per_clip", "8", prefix + "crop_size", "32"]
     run_cli(["--config", str(REPO / "configs" / config), *QUIET, *strategy, "--trainer.devices", str(devices),
              "--trainer.default_root_dir", str(run_dir), "--trainer.max_steps", str(STEPS),
              "--trainer.val_check_interval", str(STEPS), "--trainer.check_val_every_n_epoch", "1",
@@ -41,8 +51,7 @@ def fit(run_dir: Path, devices: int, config: str, manifests, *extra: str, object
              "--trainer.log_every_n_steps", "1", f"--trainer.callbacks={callbacks(run_dir, objective)}",
              "--trainer.logger", "lightning.pytorch.loggers.CSVLogger",
              "--trainer.logger.init_args.save_dir", str(run_dir), "--trainer.logger.init_args.name", "logs",
-             "--data.train_manifest", str(manifests.train), "--data.val_manifest", str(manifests.val),
-             "--data.batch_size", str(4 // devices), *extra])
+             *data, *extra])
     (metrics,) = run_dir.rglob("metrics.csv")
     with metrics.open() as f:
         return list(csv.DictReader(f))

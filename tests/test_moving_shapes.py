@@ -80,6 +80,13 @@ def test_labels_pack_the_factors_and_probe_tasks_read_them_back():
         assert label_to_factors(factors_to_label(clip_factors(index))) == clip_factors(index)
 
 
+def test_label_values_are_the_training_splits_labels_for_the_probe_task_check():
+    # What the CLI's pre-flight check of probe tasks reads (arjepa_pl.validation.check_probe_tasks).
+    small = MovingShapesDataModule(train_clips=32).label_values()
+    assert small == sorted(MovingShapesDataset("train", 32, 4, 32)[i]["label"] for i in range(32))
+    assert MovingShapesDataModule(train_clips=5000).label_values() == list(range(NUM_COMBINATIONS))
+
+
 def test_a_split_of_512_clips_holds_every_combination_once_so_no_factor_predicts_another():
     combos = [tuple(clip_factors(i).values()) for i in range(3 * NUM_COMBINATIONS, 4 * NUM_COMBINATIONS)]
     assert len(set(combos)) == NUM_COMBINATIONS

@@ -109,7 +109,7 @@ def test_media_files_are_written_and_logged_to_wandb(tmp_path):
         write_media({"bad": np.zeros((2, 3, 4, 5, 6))}, tmp_path / "media", step=8)
 
 
-def test_documented_logging_commands_configure_the_logger(tmp_path, demo_manifests):
+def test_documented_logging_commands_configure_the_logger(tmp_path):
     docs = (REPO / "docs/logging.md").read_text()
     section = docs.split("## Weights & Biases", 1)[1].split("\n## ", 1)[0]
     blocks = re.findall(r"```bash\n(.*?)```", section, re.S)
@@ -117,22 +117,21 @@ def test_documented_logging_commands_configure_the_logger(tmp_path, demo_manifes
                 if line.startswith("python -m arjepa_pl fit") and "--trainer.logger.project" in line]
     assert len(commands) == 1
     args = shlex.split(commands[0])[4:]  # after `python -m arjepa_pl fit`: run=False takes no subcommand
-    logger = ArJepaCLI(args=[*args, "--trainer.default_root_dir", str(tmp_path),
-                             "--data.train_manifest", str(demo_manifests.train)], run=False).trainer.loggers[-1]
+    logger = ArJepaCLI(args=[*args, "--trainer.default_root_dir", str(tmp_path)], run=False).trainer.loggers[-1]
     assert isinstance(logger, WandbLogger) and Path(logger.save_dir) == tmp_path
     init = logger._wandb_init
     assert (init["project"], init["entity"], init["name"], init["tags"]) == ("my-world-models", "my-team", "vjepa-demo",
                                                                           ["vjepa", "demo"])
 
 
-def _fit(run_dir: Path, manifests, *extra: str) -> None:
+def _fit(run_dir: Path, *extra: str) -> None:
     ArJepaCLI(args=[
         "fit", "--config", str(REPO / "configs/vjepa.yaml"), "--trainer.default_root_dir", str(run_dir),
         "--trainer.val_check_interval", "2", "--trainer.limit_val_batches", "2", "--trainer.log_every_n_steps", "1",
         "--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false",
         "--trainer.logger.init_args.tags", "[test, tiny]", "--trainer.logger.init_args.notes", "from the tests",
-        "--data.train_manifest", str(manifests.train), "--data.val_manifest", str(manifests.val),
-        "--data.frames_per_clip", "8", "--data.batch_size", "2", "--data.num_workers", "0",
+        "--data.train_clips", "32", "--data.val_clips", "16", "--data.test_clips", "16", "--data.crop_size", "32",
+        "--data.frames_per_clip", "4", "--data.batch_size", "2", "--data.num_workers", "0",
         "--model.init_args.encoder.init_args.embed_dim", "32", "--model.init_args.encoder.init_args.depth", "1",
         "--model.init_args.encoder.init_args.num_heads", "2", "--model.init_args.predictor_embed_dim", "16",
         "--model.init_args.predictor_depth", "1", "--model.init_args.predictor_num_heads", "2", *extra])
@@ -145,9 +144,9 @@ EXPECTED = ["train/loss", "val/loss", "train/lr", "train/weight_decay", "train/e
 
 
 @pytest.mark.slow
-def test_fit_logs_metrics_config_and_media_offline_and_resumes_the_same_run(tmp_path, demo_manifests):
+def test_fit_logs_metrics_config_and_media_offline_and_resumes_the_same_run(tmp_path):
     run_dir = tmp_path / "run"
-    _fit(run_dir, demo_manifests, "--trainer.max_steps", "4")
+    _fit(run_dir, "--trainer.max_steps", "4")
     (first,) = offline_runs(run_dir)
     run = read_offline_run(first)
 
@@ -169,7 +168,7 @@ def test_fit_logs_metrics_config_and_media_offline_and_resumes_the_same_run(tmp_
     assert len(logged) == 2 and all((first / "files" / entry["filenames"][0]).is_file() for entry in logged)
 
     # Resuming in the same directory continues the same W&B run.
-    _fit(run_dir, demo_manifests, "--trainer.max_steps", "6", "--ckpt_path", str(run_dir / "checkpoints/last.ckpt"))
+    _fit(run_dir, "--trainer.max_steps", "6", "--ckpt_path", str(run_dir / "checkpoints/last.ckpt"))
     runs = offline_runs(run_dir)
     assert len(runs) == 2
     resumed = read_offline_run(runs[1])
