@@ -60,7 +60,7 @@ RGB = {"red": (0.9, 0.15, 0.15), "green": (0.15, 0.8, 0.2), "blue": (0.2, 0.35, 
 DIRECTION_VECTORS = {"right": (1, 0), "left": (-1, 0), "down": (0, 1), "up": (0, -1)}  # (dx, dy), y down
 # Distance the centre moves over the clip, as a fraction of the side. At 0.12 / 0.3 a slow object moved
 # about one 8-px patch in a 64-px clip and no encoder we trained (V-JEPA, nor a random one) let a probe
-# read direction; at 0.2 / 0.4 (1.5-4 patches) motion is visible at the scale of the tokens.
+# read direction; at 0.2 / 0.4 (1.6-3.2 patches) motion is visible at the scale of the tokens.
 TRAVEL = {"slow": 0.2, "fast": 0.4}
 BACKGROUND = 0.5  # grey level of the plain background
 RADIUS = (0.12, 0.15)  # object size: its 'radius' as a fraction of the side (2-3 patches of 8 px wide at 64 px)
