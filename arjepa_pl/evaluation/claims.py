@@ -5,9 +5,9 @@ comparison that tests each, the measured numbers, and a verdict at this scale.
    learned space and may drop it. Test: every objective pretrained with and without unpredictable
    nuisance; the drop of probe accuracy (mean over the claim's tasks) from clean to nuisance, AR's
    against JEPA's; and what the nuisance costs the AR likelihood (bits/dim).
-2. JEPA needs explicit collapse prevention. Test: the EMA teacher against the ablation without it
-   (targets from the encoder itself under stop-gradient); RankMe of the frozen features of held-out
-   clips and probe accuracy.
+2. JEPA needs explicit collapse prevention. Test: the EMA teacher (and VICReg terms, where the JEPA
+   run has them) against the ablation without either (targets from the encoder itself under
+   stop-gradient); RankMe of the frozen features of held-out clips and probe accuracy.
 3. AR gives exact likelihoods. Test: held-out bits/dim of the AR token model beside a uniform code
    distribution (an exact likelihood of the tokenised clip); JEPA defines none.
 4. JEPA cannot generate. Test: AR rollouts against copying the last context frame, beside what a small
@@ -163,8 +163,9 @@ def nuisance_claim(records: list[Record], roles: ClaimRoles, context: dict) -> C
 def collapse_claim(records: list[Record], roles: ClaimRoles, context: dict) -> Claim:
     ablation = roles.collapse_ablation
     claim = Claim("JEPA needs explicit collapse prevention",
-                  f"{roles.jepa} (EMA teacher) against {ablation} (no EMA: targets from the encoder itself under "
-                  "stop-gradient); RankMe of frozen features of held-out clips, probe accuracy")
+                  f"{roles.jepa} (EMA teacher, VICReg terms where configured) against {ablation} (neither: "
+                  "targets from the encoder itself under stop-gradient); RankMe of frozen features of held-out "
+                  "clips, probe accuracy")
     if ablation is None:
         claim.why = "the comparison has no collapse ablation"
         return claim
@@ -189,12 +190,12 @@ def collapse_claim(records: list[Record], roles: ClaimRoles, context: dict) -> C
         claim.verdict, claim.why = INCONCLUSIVE, ONE_SEED
     elif ratio < 0.5 or difference > 2 * se:
         claim.verdict = SUPPORTED
-        claim.why = ("without the EMA the features collapse (RankMe halves or worse)" if ratio < 0.5
-                     else f"without the EMA the probe loses {100 * difference:.1f} points")
+        claim.why = ("without collapse prevention the features collapse (RankMe halves or worse)" if ratio < 0.5
+                     else f"without collapse prevention the probe loses {100 * difference:.1f} points")
     elif ratio >= 0.8 and difference <= 2 * se:
         claim.verdict = CONTRADICTED
         claim.why = ("at this scale stop-gradient and the predictor alone keep the features from collapsing: the "
-                     "EMA changes neither RankMe nor accuracy beyond noise")
+                     "EMA (and VICReg) change neither RankMe nor accuracy beyond noise")
     else:
         claim.verdict, claim.why = INCONCLUSIVE, "RankMe falls by 20-50 % without a loss of accuracy beyond noise"
     return claim
