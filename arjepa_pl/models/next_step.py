@@ -25,12 +25,15 @@ def block_causal_mask(num_steps: int, tokens_per_step: int, prefix_steps: int = 
     `prefix_steps` steps additionally see each other (AIM's prefix attention): their outputs have seen
     what they would predict, so objectives leave them out of the loss.
     """
-    step = torch.arange(num_steps, device=device).repeat_interleave(tokens_per_step)
-    mask = step[None, :] <= step[:, None]
-    if prefix_steps > 1:
-        in_prefix = step < prefix_steps
-        mask |= in_prefix[None, :] & in_prefix[:, None]
-    return mask
+    index = torch.arange(num_steps * tokens_per_step, device=device)
+    return may_attend(index[:, None], index[None, :], tokens_per_step, prefix_steps)
+
+
+def may_attend(query: torch.Tensor, key: torch.Tensor, tokens_per_step: int, prefix_steps: int) -> torch.Tensor:
+    """The block-causal rule on token indices (broadcast): a key of the query's step or an earlier one,
+    or both in the prefix. The one rule of the dense mask and of the FlexAttention mask_mod."""
+    q_step, kv_step = query // tokens_per_step, key // tokens_per_step
+    return (kv_step <= q_step) | ((q_step < prefix_steps) & (kv_step < prefix_steps))
 
 
 def block_causal_attention_mask(num_steps: int, tokens_per_step: int, prefix_steps: int = 0,
@@ -67,12 +70,11 @@ def block_causal_chunks(mask: torch.Tensor, num_steps: int, tokens_per_step: int
 
 @functools.lru_cache(maxsize=32)
 def _block_causal_block_mask(num_steps: int, tokens_per_step: int, prefix_steps: int, device: str):
-    def may_attend(b, h, q, kv):
-        q_step, kv_step = q // tokens_per_step, kv // tokens_per_step
-        return (kv_step <= q_step) | ((q_step < prefix_steps) & (kv_step < prefix_steps))
+    def mask_mod(b, h, q, kv):
+        return may_attend(q, kv, tokens_per_step, prefix_steps)
 
     n = num_steps * tokens_per_step
-    return block_mask(may_attend, n, n, device)
+    return block_mask(mask_mod, n, n, device)
 
 
 def next_step_outputs(encoder: VisionTransformer, head: nn.Module, video: torch.Tensor, prefix_steps: int = 0,
