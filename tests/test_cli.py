@@ -60,8 +60,12 @@ def test_every_trainer_preset_applies_over_an_experiment_config(preset, tmp_path
     if "FSDP2Strategy" in text:
         assert isinstance(cli.trainer.strategy, FSDP2Strategy)
         assert cli.model.activation_checkpointing and cli.model.compile_blocks
-    else:
+    elif "strategy:" in text:
         assert type(cli.trainer.strategy).__name__ == "DDPStrategy"
+    else:  # lean.yaml: the callbacks alone, the experiment's hardware kept
+        names = [type(c).__name__ for c in cli.trainer.callbacks]
+        assert "OnlineProbe" not in names and "CollapseMonitor" not in names and "MediaLogger" not in names
+        assert Path(cli.trainer.checkpoint_callback.dirpath) == tmp_path / "checkpoints"
 
 
 def test_paper_recipe_is_the_paper_recipe(tmp_path, demo_manifests):

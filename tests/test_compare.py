@@ -15,7 +15,16 @@ import yaml
 
 from arjepa_pl.evaluation.compare import check_fairness, resolved_config
 from arjepa_pl.evaluation.compare_costs import estimate, makespan, measure
-from arjepa_pl.evaluation.compare_plan import Job, ProbeStage, Run, choose_checkpoints, planned_steps
+from arjepa_pl.evaluation.compare_plan import (
+    Job,
+    Pretraining,
+    ProbeStage,
+    Run,
+    check_run_arguments,
+    choose_checkpoints,
+    fit_command,
+    planned_steps,
+)
 from arjepa_pl.evaluation.report import Record, markdown, write_report
 
 REPO = Path(__file__).resolve().parents[1]
@@ -77,12 +86,12 @@ def test_costs_are_measured_from_a_comparison_and_give_the_estimate(tmp_path):
     run = Run("vjepa", 0, tmp_path)
     jobs = [Job("pretrain", run, tmp_path), Job("probe", run, tmp_path, ProbeStage("linear", config="x"), 300),
             Job("probe", run, tmp_path, ProbeStage("decoder", config="x"), 300)]
-    text = estimate(jobs, 300, str(path))
-    assert "1 pretraining runs of 300 steps, 2 probe / predict jobs" in text
+    text = estimate(jobs, lambda run: 300, str(path))
+    assert "1 pretraining runs, 2 probe / predict jobs" in text and "x pretrain vjepa            300 steps" in text
     # CPU: 10 + 300 x 0.8 + 30 = 280 s; wall at the load measured: 10 + 300 x 0.5 + 20 = 180 s
     assert "5 CPU-minutes; with 1 worker(s) on an idle machine ~5 min" in text and "measured ~3 min" in text
     assert "no measured cost for ['decoder']" in text
-    assert "no time estimate" in estimate(jobs, 300, str(tmp_path / "missing.json"))
+    assert "1 x pretrain vjepa (300 steps)" in estimate(jobs, lambda run: 300, str(tmp_path / "missing.json"))
     other = Run("vjepa", 1, tmp_path)
     both = [Job("pretrain", run, tmp_path), Job("pretrain", other, tmp_path),
             Job("probe", run, tmp_path, ProbeStage("linear", config="x"), 300)]
@@ -103,6 +112,23 @@ def test_fairness_check_names_every_difference():
     message = str(error.value)
     assert "model.init_args.encoder" in message and "data:" in message and "model.init_args.lr" in message
     assert "trainer.max_steps" not in message
+    longer = resolved_config(["--config", str(REPO / "configs/ar_video.yaml"), *base, "--trainer.max_steps=20"])
+    with pytest.raises(ValueError, match="trainer.max_steps"):
+        check_fairness({"vjepa": jepa, "ar": longer})
+    check_fairness({"vjepa": jepa, "ar": longer}, own_steps=["ar"])  # an objective given its own steps on purpose
+
+
+def test_own_steps_only_where_the_harness_allows_them():
+    ablation = Pretraining("sg", "configs/vjepa.yaml", steps=100)
+    run = Run("sg", 0, Path("out/sg/seed0"))
+    assert "--trainer.max_steps=100" in fit_command(["python"], ablation, run, 600, [], [])
+    assert "--trainer.max_steps=600" in fit_command(["python"], Pretraining("v", "configs/vjepa.yaml"), run, 600, [], [])
+    check_run_arguments("compare", [ablation], (), [0], 600, None, [], own_steps=True)
+    with pytest.raises(ValueError, match="same steps; remove its steps"):
+        check_run_arguments("plan_benchmark", [ablation], (), [0], 600, None, [])
+    with pytest.raises(ValueError, match="steps must be >= 1"):
+        check_run_arguments("compare", [Pretraining("sg", "configs/vjepa.yaml", steps=0)], (), [0], 600, None, [],
+                            own_steps=True)
 
 
 def tiny_comparison(out: Path, demo) -> dict:
@@ -123,7 +149,7 @@ def tiny_comparison(out: Path, demo) -> dict:
                  "frames_per_clip": 8, "frame_step": 2, "crop_size": 64, "hflip": False, "batch_size": 4, "seed": "{seed}"},
         "objectives": [{"name": "vjepa", "config": "configs/vjepa.yaml", "args": ["--model.init_args.mask_seed={seed}", *predictor]},
                        {"name": "vjepa_sg", "config": "configs/vjepa.yaml",
-                        "args": ["--model.init_args.teacher=stop_grad", *predictor]},
+                        "args": ["--model.init_args.teacher=stop_grad", *predictor], "steps": 1},  # its own steps
                        {"name": "ar_tokens", "config": "configs/ar_video_tokens.yaml",
                         "args": ["--model.init_args.tokenizer_iters=1", "--model.init_args.tokenizer_clips=4",
                                  "--model.init_args.num_codes=16", "--model.init_args.rollout_context_frames=4"]}],
@@ -170,7 +196,9 @@ def test_compare_runs_end_to_end_with_the_claims_table_and_resumes(tmp_path, dem
     assert (out / "accuracy_vs_flops.png").read_bytes()[:4] == b"\x89PNG"
     assert not (out / "vjepa/seed0/feature_cache").exists()  # removed once its probes were done
     timings = [json.loads(line) for line in (out / "timings.jsonl").read_text().splitlines()]
-    assert len(timings) == 3 + 7 + 2 + 1 and all(t["in_process"] and t["cpu_seconds"] > 0 for t in timings)
+    assert json.loads((out / "vjepa_sg/seed0/summary.json").read_text())["global_step"] == 1
+    assert "pretrained for 2 steps (vjepa_sg 1)" in table
+    assert len(timings) == 3 + 6 + 2 + 1 and all(t["in_process"] and t["cpu_seconds"] > 0 for t in timings)
 
     # `validate` of a trained probe (the documented command) gives the accuracies its fit ended with.
     probe_dir = out / "vjepa/seed0/linear/step000002"
@@ -191,7 +219,7 @@ def test_compare_runs_end_to_end_with_the_claims_table_and_resumes(tmp_path, dem
 
     again = subprocess.run(command, cwd=REPO, env=ENV, capture_output=True, text=True, timeout=300)
     assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
-    assert again.stdout.count("already") == 3 + 10 and "$ " not in again.stdout
+    assert again.stdout.count("already") == 3 + 9 and "$ " not in again.stdout
     assert (out / "results.md").read_text() == table
 
 
@@ -204,7 +232,7 @@ def test_every_compare_config_checks_out_in_a_dry_run(config, tmp_path):
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     assert len(yaml.safe_load(config.read_text())["seeds"]) >= 3
     plan = next(line for line in done.stdout.splitlines() if line.startswith("[compare] plan:"))
-    runs, jobs = (int(n) for n in re.match(r"\[compare\] plan: (\d+) pretraining runs .*, (\d+) probe", plan).groups())
+    runs, jobs = (int(n) for n in re.match(r"\[compare\] plan: (\d+) pretraining runs, (\d+) probe", plan).groups())
     assert done.stdout.count("$ ") == runs + jobs
     assert not (tmp_path / "results.md").exists()
 

@@ -101,15 +101,18 @@ def resolved_config(args: list[str]) -> Namespace:
     raise RuntimeError("unreachable: the CLI instantiated its classes")
 
 
-def check_fairness(configs: dict[str, Namespace], extra_keys: tuple[str, ...] = ()) -> None:
+def check_fairness(configs: dict[str, Namespace], extra_keys: tuple[str, ...] = (),
+                   own_steps: Sequence[str] = ()) -> None:
     """Error listing every MUST_MATCH key, optimiser setting and `extra_keys` entry (dotted config keys a
-    caller also needs equal) that differs between objectives."""
+    caller also needs equal) that differs between objectives; those in `own_steps` (objectives given
+    their own steps on purpose) are left out of the steps' check."""
     names = list(configs)
     problems = []
     keys = list(MUST_MATCH) + [f"model.init_args.{k}" for k in OPTIMIZER_KEYS] + list(extra_keys)
     for key in keys:
-        values = {name: plain(configs[name].get(key)) for name in names}  # jsonargparse reads dotted keys
-        if any(v != values[names[0]] for v in values.values()):
+        values = {name: plain(configs[name].get(key)) for name in names  # jsonargparse reads dotted keys
+                  if not (key == "trainer.max_steps" and name in own_steps)}
+        if any(v != next(iter(values.values())) for v in values.values()):
             problems.append(f"  {key}: " + "; ".join(f"{n}={json.dumps(v, default=str)}" for n, v in values.items()))
     if problems:
         raise ValueError("the objectives would not be compared on equal terms; these settings differ:\n"
@@ -174,7 +177,7 @@ def compare(
     """
     conditions = list(conditions or [Condition("")])
     check_run_arguments("compare", objectives, (RANDOM_INIT,), seeds, steps, optimizer,
-                        [p.config for p in probes if p.config])
+                        [p.config for p in probes if p.config], own_steps=True)
     names = [o.name for o in objectives]
     check_names("condition", [c.name for c in conditions], (RANDOM_INIT,))
     check_names("probe stage", [p.name for p in probes], (RANDOM_INIT,))
@@ -206,6 +209,10 @@ def compare(
     by_name = {o.name: o for o in objectives}
     by_condition = {c.name: c for c in conditions}
 
+    def steps_of(run: Run) -> int:
+        objective = by_name.get(run.objective)  # None: the random encoder, which is not trained
+        return (objective.steps if objective else None) or steps
+
     def options(run: Run) -> dict:
         return {**(data or {}), **by_condition[run.condition].data}
 
@@ -214,7 +221,7 @@ def compare(
 
     def pretrain_command(run: Run) -> list[str]:
         extra = [extra_checkpoints(checkpoint_every, run.directory / "checkpoints")] if checkpoint_every else []
-        return fit_command(python, by_name[run.objective], run, steps, pretrain_args, optimizer_args,
+        return fit_command(python, by_name[run.objective], run, steps_of(run), pretrain_args, optimizer_args,
                            pretrain_data(run), extra)
 
     runs = [Run(o.name, seed, out / o.name / c.name / f"seed{seed}", c.name) for seed in seeds for c in conditions
@@ -228,7 +235,7 @@ def compare(
         in_condition = {r.objective: r for r in runs if r.condition == c.name and r.seed == seeds[0]}
         configs = {name: resolved_config(pretrain_command(run)[len(python) + 1:-1])
                    for name, run in in_condition.items()}
-        check_fairness(configs)
+        check_fairness(configs, own_steps=[name for name in configs if by_name[name].steps])
         resolved.update({name: config for name, config in configs.items() if name not in resolved})
     if in_process and any((config.get("trainer.devices") not in (1, "1")) or
                           (config.get("trainer.num_nodes") or 1) > 1 for config in resolved.values()):
@@ -268,12 +275,12 @@ def compare(
                 chosen: dict[int, Optional[Path]] = {0: None}
             elif dry_run and not (run.directory / "checkpoints").is_dir():
                 chosen = {s: run.directory / f"checkpoints/step{s:06d}.ckpt"
-                          for s in planned_steps(stage_, every, steps)}
+                          for s in planned_steps(stage_, every, steps_of(run))}
             else:
                 saved = saved_checkpoints(run.directory / "checkpoints")
                 if checkpoint_every and saved:  # along training: the comparison's cadence, not the config's
                     saved = {s: p for s, p in saved.items() if s % checkpoint_every == 0 or s == max(saved)}
-                chosen = dict(choose_checkpoints(stage_, saved, steps))
+                chosen = dict(choose_checkpoints(stage_, saved, steps_of(run)))
                 if not chosen:
                     raise FileNotFoundError(f"{run.name}: no checkpoint in {run.directory / 'checkpoints'}: "
                                             "pretrain it first (--stage pretrain)")
@@ -294,7 +301,7 @@ def compare(
     pretrain_jobs = [Job("pretrain", run, run.directory) for run in runs if selected(run)]
     if dry_run:
         planned = pretrain_jobs + [job for run in runs + baselines if selected(run) for job in stage_jobs(run)]
-        print(estimate(planned, steps, costs, workers), flush=True)
+        print(estimate(planned, steps_of, costs, workers), flush=True)
         for job in planned:
             print(f"$ {command_line(pretrain_command(job.run) if job.kind == 'pretrain' else stage_command(job))}")
         return None
@@ -308,7 +315,7 @@ def compare(
     def stage_todo(run: Run) -> list[Job]:
         todo = []
         for job in stage_jobs(run):
-            if job_done(job, steps):
+            if job_done(job, steps_of(job.run)):
                 print(f"[compare] {job.name}: done already")
             else:
                 todo.append(job)
@@ -318,7 +325,7 @@ def compare(
         return todo
 
     def finished(job: Job) -> list[Job]:
-        if not job_done(job, steps):
+        if not job_done(job, steps_of(job.run)):
             raise unfinished(job.directory)
         if job.kind == "pretrain":
             return stage_todo(job.run) if stage == "all" else []
@@ -330,7 +337,7 @@ def compare(
     initial: list[Job] = []
     if stage in ("all", "pretrain"):
         for job in pretrain_jobs:
-            if not job_done(job, steps):
+            if not job_done(job, steps_of(job.run)):
                 initial.append(job)
                 continue
             print(f"[compare] {job.name}: pretrained already")
@@ -350,7 +357,9 @@ def compare(
         return None
     records = collect(runs, baselines, [job for run in runs + baselines for job in stage_jobs(run)])
     context = claims_context(claims, probe_configs, resolved)
-    return write_report(records, out, steps=steps, claims=claims, context=context, wandb_project=wandb_project)
+    own = {o.name: o.steps for o in objectives if o.steps}
+    return write_report(records, out, steps=steps, own_steps=own, claims=claims, context=context,
+                        wandb_project=wandb_project)
 
 
 def claims_context(claims: Optional[ClaimRoles], probe_configs: dict, resolved: dict) -> dict:

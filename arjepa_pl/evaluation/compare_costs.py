@@ -20,7 +20,7 @@ import statistics
 import time
 from collections import defaultdict
 from pathlib import Path
-from typing import Optional
+from typing import Any, Callable, Optional
 
 from arjepa_pl.evaluation.compare_plan import SUMMARY
 
@@ -84,16 +84,21 @@ def makespan(jobs: list, seconds: dict, workers: int) -> float:
     return last
 
 
-def estimate(jobs: list, steps: int, costs_path: Optional[str] = None, workers: int = 1) -> str:
-    """The plan (jobs by kind) with its estimated time, or the plan alone without a costs file."""
+def estimate(jobs: list, steps: Callable[[Any], int], costs_path: Optional[str] = None, workers: int = 1) -> str:
+    """The plan (jobs by kind) with its estimated time, or the plan alone without a costs file;
+    `steps(run)`: the optimizer steps of a run's pretraining."""
     path = Path(costs_path) if costs_path else DEFAULT_COSTS
     groups: dict[tuple[str, str], int] = defaultdict(int)
+    run_steps: dict[str, int] = {}
     for job in jobs:
         groups[(job.kind, job.run.objective if job.kind == "pretrain" else job.stage.name)] += 1
-    lines = [f"[compare] plan: {sum(n for (k, _), n in groups.items() if k == 'pretrain')} pretraining runs of "
-             f"{steps} steps, {sum(n for (k, _), n in groups.items() if k != 'pretrain')} probe / predict jobs"]
+        if job.kind == "pretrain":
+            run_steps[job.run.objective] = steps(job.run)
+    lines = [f"[compare] plan: {sum(n for (k, _), n in groups.items() if k == 'pretrain')} pretraining runs, "
+             f"{sum(n for (k, _), n in groups.items() if k != 'pretrain')} probe / predict jobs"]
     if not path.is_file():
-        lines += [f"  {n} x {kind} {name}" for (kind, name), n in groups.items()]
+        lines += [f"  {n} x {kind} {name}" + (f" ({run_steps[name]} steps)" if kind == "pretrain" else "")
+                  for (kind, name), n in groups.items()]
         lines.append(f"[compare] no time estimate: {path} not found (bench/compare_costs.py measures it)")
         return "\n".join(lines)
     costs = json.loads(path.read_text())
@@ -108,7 +113,8 @@ def estimate(jobs: list, steps: int, costs_path: Optional[str] = None, workers: 
             if step is None:
                 unknown.add(job.run.objective)
                 continue
-            wall[id(job)], cpu[id(job)] = start + steps * step, start + steps * step_cpu
+            n_steps = steps(job.run)
+            wall[id(job)], cpu[id(job)] = start + n_steps * step, start + n_steps * step_cpu
         else:
             one, one_cpu = costs["stage_seconds"].get(job.stage.name), costs["stage_cpu_seconds"].get(job.stage.name)
             if one is None:
@@ -120,8 +126,9 @@ def estimate(jobs: list, steps: int, costs_path: Optional[str] = None, workers: 
             continue
         if kind == "pretrain":
             step_cpu = costs["pretrain_cpu_seconds_per_step"][name]
-            lines.append(f"  {n:3d} x pretrain {name:<16} {steps} steps x {step_cpu:.2f} CPU-s + {start:.0f} s start "
-                         f"= {n * (start + steps * step_cpu) / 60:5.1f} CPU-min")
+            n_steps = run_steps[name]
+            lines.append(f"  {n:3d} x pretrain {name:<16} {n_steps} steps x {step_cpu:.2f} CPU-s + {start:.0f} s start "
+                         f"= {n * (start + n_steps * step_cpu) / 60:5.1f} CPU-min")
         else:
             lines.append(f"  {n:3d} x {kind} {name:<18} {costs['stage_cpu_seconds'][name]:.0f} CPU-s each "
                          f"= {n * costs['stage_cpu_seconds'][name] / 60:5.1f} CPU-min")

@@ -43,12 +43,16 @@ class Pretraining:
         config: its pretraining config (python -m arjepa_pl fit --config CONFIG).
         args: extra command-line overrides for it alone; "{seed}" is replaced by the seed.
         conditions: the conditions it is trained in (default: all), e.g. an ablation on clean data only.
+        steps: its own optimizer steps (default: the comparison's), for a side experiment that shows what it
+            tests sooner — a JEPA without collapse prevention collapses within ~50 steps. Only there does
+            the comparison let steps differ; the report gives every objective's.
     """
 
     name: str
     config: str
     args: list[str] = field(default_factory=list)
     conditions: Optional[list[str]] = None
+    steps: Optional[int] = None
 
 
 @dataclass
@@ -130,9 +134,10 @@ def check_names(kind: str, names: Sequence[str], reserved: Sequence[str]) -> Non
 
 def check_run_arguments(command: str, objectives: Sequence[Pretraining], reserved: Sequence[str],
                         seeds: Sequence[int], steps: int, optimizer: Optional[dict],
-                        evaluation_configs: Sequence[str]) -> None:
+                        evaluation_configs: Sequence[str], own_steps: bool = False) -> None:
     """What compare and plan_benchmark refuse before running anything: no objective, objective names that
-    clash (check_names), seeds not distinct, no steps, an optimiser key the fairness check does not cover,
+    clash (check_names), seeds not distinct, no steps (or an objective's own steps where `own_steps` is
+    False), an optimiser key the fairness check does not cover,
     a config (the objectives' or the evaluation's: probes, planning) that is not there."""
     if not objectives:
         raise ValueError(f"{command} needs at least one objective")
@@ -141,6 +146,12 @@ def check_run_arguments(command: str, objectives: Sequence[Pretraining], reserve
         raise ValueError(f"seeds must be distinct and at least one, got {list(seeds)}")
     if steps < 1:
         raise ValueError(f"steps must be >= 1, got {steps}")
+    for o in objectives:
+        if o.steps is not None and o.steps < 1:
+            raise ValueError(f"objective {o.name}: steps must be >= 1 (or null: the comparison's), got {o.steps}")
+        if o.steps is not None and not own_steps:
+            raise ValueError(f"objective {o.name}: {command} trains every objective for the same steps; "
+                             f"remove its steps ({o.steps})")
     unknown = set(optimizer or {}) - set(OPTIMIZER_KEYS)
     if unknown:
         raise ValueError(f"unknown optimizer keys {sorted(unknown)}; use {', '.join(OPTIMIZER_KEYS)}")
@@ -165,11 +176,11 @@ def objective_args(objective: Pretraining, seed: int, shared_args: Sequence[str]
 def fit_command(python: list[str], objective: Pretraining, run: Run, steps: int, pretrain_args: Sequence[str],
                 optimizer_args: Sequence[str], data: Sequence[str] = (), callbacks: Sequence[str] = ()) -> list[str]:
     """One objective's run as `fit` (`python`: launcher and interpreter up to `-m arjepa_pl`): its
-    objective_args, then the run's steps and directory and any extra callbacks, resuming from its
-    checkpoint when it has one."""
+    objective_args, then the run's steps (the objective's own, else `steps`) and directory and any extra
+    callbacks, resuming from its checkpoint when it has one."""
     return [*python, "fit", *objective_args(objective, run.seed, pretrain_args, optimizer_args, data),
-            f"--trainer.max_steps={steps}", f"--trainer.default_root_dir={run.directory}", *callbacks, RUN_SUMMARY,
-            "--ckpt_path=last"]
+            f"--trainer.max_steps={objective.steps or steps}", f"--trainer.default_root_dir={run.directory}",
+            *callbacks, RUN_SUMMARY, "--ckpt_path=last"]
 
 
 def data_args(prefix: str, options: dict[str, Any], seed: int) -> list[str]:

@@ -194,10 +194,11 @@ def write_csv(records: list[Record], path: Path) -> None:
                 writer.writerow([r.objective, r.condition, r.seed, r.stage or "pretrain", r.step, r.flops, name, value])
 
 
-def markdown(records: list[Record], steps: int, claims_lines: list[str]) -> str:
-    lines = [f"Every objective pretrained for {steps} steps; numbers are mean ± std over seeds. A seed sets the "
-             "pretraining's initial weights, clip order and masks and the probes' head initialisation and clip "
-             "order; every seed reads the same data splits (the probes' training and evaluation clips), so the "
+def markdown(records: list[Record], steps: int, claims_lines: list[str], own_steps: Optional[dict] = None) -> str:
+    exceptions = ", ".join(f"{name} {n}" for name, n in (own_steps or {}).items())
+    lines = [f"Every objective pretrained for {steps} steps{f' ({exceptions})' if exceptions else ''}; numbers "
+             "are mean ± std over seeds. A seed sets the pretraining's initial weights, clip order and masks and "
+             "the probes' head initialisation and clip order; every seed reads the same data splits (the probes' training and evaluation clips), so the "
              "± std is training variation and the Wilson half-width the evaluation split's sampling noise.", ""]
     for stage in accuracy_stages(records):
         lines += accuracy_table(records, stage)
@@ -210,16 +211,17 @@ def markdown(records: list[Record], steps: int, claims_lines: list[str]) -> str:
     return "\n".join(lines + claims_lines).rstrip() + "\n"
 
 
-def write_report(records: list[Record], out: Path, steps: int, claims=None,
-                 context: Optional[dict] = None, wandb_project: Optional[str] = None) -> Path:
-    """results.csv, results.md and accuracy_vs_flops.png in `out` (and the W&B run); returns results.md."""
+def write_report(records: list[Record], out: Path, steps: int, claims=None, context: Optional[dict] = None,
+                 wandb_project: Optional[str] = None, own_steps: Optional[dict] = None) -> Path:
+    """results.csv, results.md and accuracy_vs_flops.png in `out` (and the W&B run); returns results.md.
+    `own_steps`: the objectives trained for other than `steps` steps, and theirs."""
     from arjepa_pl.evaluation.claims import claims_table
     from arjepa_pl.evaluation.report_plots import log_to_wandb, plot_accuracy_vs_flops
 
     out.mkdir(parents=True, exist_ok=True)
     write_csv(records, out / "results.csv")
     claims_lines = claims_table(records, claims, context or {}) if claims else []
-    report = markdown(records, steps, claims_lines)
+    report = markdown(records, steps, claims_lines, own_steps)
     (out / "results.md").write_text(report)
     png = plot_accuracy_vs_flops(records, out / "accuracy_vs_flops.png")
     print(report)
