@@ -198,8 +198,9 @@ def markdown(records: list[Record], steps: int, claims_lines: list[str], own_ste
     exceptions = ", ".join(f"{name} {n}" for name, n in (own_steps or {}).items())
     lines = [f"Every objective pretrained for {steps} steps{f' ({exceptions})' if exceptions else ''}; numbers "
              "are mean ± std over seeds. A seed sets the pretraining's initial weights, clip order and masks and "
-             "the probes' head initialisation and clip order; every seed reads the same data splits (the probes' training and evaluation clips), so the "
-             "± std is training variation and the Wilson half-width the evaluation split's sampling noise.", ""]
+             "the probes' head initialisation and clip order; every seed reads the same data splits (the probes' "
+             "training and evaluation clips), so the ± std is training variation and the Wilson half-width the "
+             "evaluation split's sampling noise.", ""]
     for stage in accuracy_stages(records):
         lines += accuracy_table(records, stage)
     lines += cost_table(records)
