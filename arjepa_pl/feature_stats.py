@@ -27,24 +27,47 @@ def as_rows(features: torch.Tensor) -> torch.Tensor:
     return features.reshape(-1, features.shape[-1]).float()
 
 
-def vicreg_variance(features: torch.Tensor, gamma: float = 1.0, eps: float = 1e-4) -> torch.Tensor:
+def _summed_over_ranks(x: torch.Tensor, across_ranks: bool) -> torch.Tensor:
+    """`x` summed over the processes of the default group (differentiable: each rank's gradient is the
+    sum of every rank's), or `x` itself in one process or without `across_ranks`."""
+    if across_ranks and torch.distributed.is_available() and torch.distributed.is_initialized() \
+            and torch.distributed.get_world_size() > 1:
+        import torch.distributed.nn.functional as dist_autograd
+
+        return dist_autograd.all_reduce(x)
+    return x
+
+
+def _centred(features: torch.Tensor, across_ranks: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """(rows minus the mean of every rank's rows, the number of rows on all ranks)."""
+    z = as_rows(features)
+    count = _summed_over_ranks(torch.tensor(float(z.shape[0]), device=z.device), across_ranks)
+    return z - _summed_over_ranks(z.sum(dim=0), across_ranks) / count, count
+
+
+def vicreg_variance(features: torch.Tensor, gamma: float = 1.0, eps: float = 1e-4,
+                    across_ranks: bool = False) -> torch.Tensor:
     """mean over dimensions of relu(gamma - sqrt(Var + eps)): pushes every dimension's std up to gamma.
 
     A constant batch gets the largest penalty, gamma - sqrt(eps); one whose dimensions all have std
     >= gamma gets none. (V-JEPA's optional regulariser is this term on the predicted tokens.)
+    With `across_ranks` under torch.distributed, the variance is that of every process's rows together
+    (as VICReg gathers its batch across GPUs): the same value as one process holding the global batch.
+    Every rank must then call it. Its gradients come out multiplied by the number of processes, which
+    DDP's (and FSDP's) averaging of the parameters' gradients divides back out.
     """
-    z = as_rows(features)
-    std = torch.sqrt(z.var(dim=0) + eps)  # unbiased, as VICReg
-    return torch.relu(gamma - std).mean()
+    z, count = _centred(features, across_ranks)
+    var = _summed_over_ranks(z.pow(2).sum(dim=0), across_ranks) / (count - 1).clamp(min=1)  # unbiased, as VICReg
+    return torch.relu(gamma - torch.sqrt(var + eps)).mean()
 
 
-def vicreg_covariance(features: torch.Tensor) -> torch.Tensor:
+def vicreg_covariance(features: torch.Tensor, across_ranks: bool = False) -> torch.Tensor:
     """Sum of squared off-diagonal covariances / D: decorrelates the dimensions, so the variance term
-    cannot be met by D copies of one informative direction. Zero for a whitened batch."""
-    z = as_rows(features)
-    M, D = z.shape
-    z = z - z.mean(dim=0)
-    cov = (z.T @ z) / max(M - 1, 1)
+    cannot be met by D copies of one informative direction. Zero for a whitened batch. `across_ranks`:
+    as for vicreg_variance."""
+    z, count = _centred(features, across_ranks)
+    D = z.shape[1]
+    cov = _summed_over_ranks(z.T @ z, across_ranks) / (count - 1).clamp(min=1)
     off_diagonal = cov.pow(2).sum() - cov.diagonal().pow(2).sum()
     return off_diagonal / D
 

@@ -3,6 +3,8 @@ prevention options (VICReg, stop-gradient teacher); the collapse monitor's alarm
 collapse and on real short runs (a deliberately collapsing one fires, configs/vjepa.yaml does not)."""
 
 import math
+import subprocess
+import sys
 from pathlib import Path
 
 import lightning.pytorch as L
@@ -24,6 +26,7 @@ from arjepa_pl.feature_stats import (
 from arjepa_pl.masks import MaskCollator
 from arjepa_pl.models import VisionTransformer
 from arjepa_pl.objectives import JEPA
+from tests.dist_helpers import cli_env
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -63,6 +66,15 @@ def test_vicreg_terms_are_differentiable():
     z = torch.randn(64, 8, requires_grad=True)
     (vicreg_variance(0.1 * z) + vicreg_covariance(z)).backward()
     assert z.grad is not None and z.grad.abs().sum() > 0
+
+
+def test_vicreg_terms_across_ddp_ranks_equal_one_process_on_the_global_batch():
+    # Per-rank statistics would regularise each GPU's share of the batch, not the batch: a subprocess
+    # (multi-process tests stay out of the pytest process) runs 2 gloo ranks holding 13 and 27 rows.
+    done = subprocess.run([sys.executable, "-m", "tests.vicreg_ddp"], cwd=REPO, env=cli_env(), capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "vicreg across ranks = one process" in done.stdout and "per rank differs" in done.stdout, done.stdout
 
 
 def test_rankme_rank_one_is_one_and_isotropic_is_the_dimension():

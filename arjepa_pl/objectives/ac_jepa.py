@@ -153,7 +153,8 @@ class ACJEPA(ActionConditionedObjective):
                 # One sample per frame, its tokens side by side ([B * T, N * D]): the tokens of one frame
                 # are not samples, as their positions alone would spread them. So every token must vary
                 # from frame to frame, which it can only do by encoding what changes (the agent).
-                terms[name] = torch.stack([fn(features[f].flatten(-2)) for f in self.vicreg_features]).mean()
+                terms[name] = torch.stack([fn(features[f].flatten(-2), across_ranks=self.training)
+                                           for f in self.vicreg_features]).mean()
                 loss = loss + coeff * terms[name]
         if self.temporal_coeff > 0 and T > 1:
             terms["temporal"] = (context[:, 1:] - context[:, :-1]).pow(2).mean()

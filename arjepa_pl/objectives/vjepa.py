@@ -242,7 +242,9 @@ class JEPA(ScheduledModule):
         for name, coeff, fn in (("vicreg_var", self.vicreg_var_coeff, vicreg_variance),
                                 ("vicreg_cov", self.vicreg_cov_coeff, vicreg_covariance)):
             if coeff > 0:
-                terms[name] = torch.stack([fn(o[f]) for o in outputs for f in self.vicreg_features]).mean()
+                # Training: the statistics of the global batch, every DDP / FSDP rank's tokens together.
+                terms[name] = torch.stack([fn(o[f], across_ranks=self.training)
+                                           for o in outputs for f in self.vicreg_features]).mean()
                 loss = loss + coeff * terms[name]
         terms["loss"] = loss
         return terms
