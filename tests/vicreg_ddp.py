@@ -59,7 +59,8 @@ def main() -> None:
     grads = torch.tensor(results[0][2] + results[1][2])
     same = all(abs(v - expected.item()) < 1e-5 for _, v, _, _ in results) and \
         torch.allclose(grads, full.grad, atol=1e-6, rtol=1e-4)
-    mismatch = f"MISMATCH: {[v for _, v, _, _ in results]} vs {expected.item()}, grads {(grads - full.grad).abs().max()}"
+    error = (grads - full.grad).abs().max()
+    mismatch = f"MISMATCH: {[v for _, v, _, _ in results]} vs {expected.item()}, gradients off by {error}"
     print("vicreg across ranks = one process" if same else mismatch)
     if all(abs(p - expected.item()) > 1e-3 for _, _, _, p in results):
         print("per rank differs")
