@@ -8,6 +8,7 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 
 from tests.dist_helpers import load_weights, max_abs_diff, run_cli, video_data
 
@@ -38,9 +39,9 @@ def fit(run_dir: Path, devices: int, config: str, manifests, *extra: str, object
     if objective:
         data = [*video_data(manifests.train, manifests.val), "--data.frame_step", "2", "--data.batch_size", str(4 // devices)]
         prefix = "--data."
-    else:  # arjepa_pl.evaluation.FrozenFeatureData: the video data module is its `data`. No feature cache:
-        # the heads train on the sharded encoder's forward (filling the cache under FSDP2 is not supported yet).
-        data = ["--data.cache", "false", "--data.data.train_manifest", str(manifests.train),
+    else:  # arjepa_pl.evaluation.FrozenFeatureData: the video data module is its `data`; the feature cache
+        # (in the run's directory) is filled by the sharded encoder, every rank encoding in step.
+        data = ["--data.data.train_manifest", str(manifests.train),
                 "--data.data.val_manifest", str(manifests.val), "--data.data.batch_size", str(4 // devices)]
         prefix = "--data.data."
     data += [prefix + "num_workers", "0", prefix + "frames_per_clip", "8", prefix + "crop_size", "32"]
@@ -95,5 +96,13 @@ def test_a_frozen_probe_trains_its_heads_under_fsdp2_like_one_process(tmp_path, 
     sharded = fit(tmp_path / "fsdp2", 2, "probe_attentive.yaml", demo_manifests, *probe, objective=False)
     one, two = (load_weights(tmp_path / run / "checkpoints" / "last.ckpt") for run in ("single", "fsdp2"))
     assert any(k.startswith("heads.") and ".blocks.0." in k for k in two)
+    # The sharded encoder filled the cache under the keys one process's encoder gives (the fingerprint
+    # of the whole weights), with the same features.
+    cached = {run: {p.name: torch.load(p) for p in (tmp_path / run / "feature_cache").glob("*.pt")}
+              for run in ("single", "fsdp2")}
+    assert cached["fsdp2"] and cached["fsdp2"].keys() == cached["single"].keys()
+    for name, entry in cached["fsdp2"].items():
+        for part, tensor in entry.items():
+            assert torch.allclose(tensor.float(), cached["single"][name][part].float(), atol=1e-5), (name, part)
     assert max_abs_diff(one, two) < TOLERANCE
     assert logged(sharded, "val/loss") == pytest.approx(logged(single, "val/loss"), abs=1e-4)

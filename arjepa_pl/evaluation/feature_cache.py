@@ -31,6 +31,7 @@ from typing import Any, Literal, Optional
 
 import lightning.pytorch as L
 import torch
+from torch.distributed.tensor import DTensor
 from torch.utils.data import DataLoader, Dataset, default_collate
 
 from arjepa_pl.evaluation.frozen import FrozenFeatures
@@ -50,23 +51,39 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch
 STATS_CLIPS = 1024  # evaluation clips the feature statistics are measured on (RankMe is an SVD of clips x D)
 
 
+def is_sharded(module: torch.nn.Module) -> bool:
+    """Whether FSDP2 sharded the module's weights (DTensors): its forward is then collective."""
+    return any(isinstance(p, DTensor) for p in module.parameters())
+
+
 def extractor_fingerprint(extractor: FeatureExtractor) -> str:
-    """sha256 of the extractor's spec (architecture, tokenizer, attention) and of every weight's bytes."""
+    """sha256 of the extractor's spec (architecture, tokenizer, attention) and of every weight's bytes
+    (whole weights: for FSDP2 shards, gathered from every rank, which must all call this)."""
     digest = hashlib.sha256(json.dumps(extractor.spec(), sort_keys=True, default=str).encode())
     for name, tensor in sorted(extractor.state_dict().items()):
+        if isinstance(tensor, DTensor):
+            tensor = tensor.full_tensor()
         tensor = tensor.detach().cpu().contiguous()
         digest.update(f"{name}:{tensor.dtype}:{tuple(tensor.shape)}".encode())
         digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
     return digest.hexdigest()
 
 
+def _without_loader_options(options: Any) -> Any:
+    """`options` with every LOADER_OPTIONS key dropped, at any depth (a wrapped module's are nested)."""
+    if isinstance(options, dict):
+        return {k: _without_loader_options(v) for k, v in options.items() if k not in LOADER_OPTIONS}
+    return options
+
+
 def data_identity(datamodule: L.LightningDataModule, dataset: Dataset) -> dict:
-    """What decides a split's fixed views: the data module's class and options (loader options aside)
-    and the sha256 of every manifest file the dataset reads."""
+    """What decides a split's fixed views: the data module's class and options (loader options aside,
+    so that e.g. a per-process batch size under DDP reads the same entries) and the sha256 of every
+    manifest file the dataset reads."""
     cls = type(datamodule)
-    options = {k: v for k, v in dict(getattr(datamodule, "hparams", {})).items() if k not in LOADER_OPTIONS}
+    options = _without_loader_options(json.loads(json.dumps(dict(getattr(datamodule, "hparams", {})), default=str)))
     files = [str(p) for p in getattr(dataset, "manifests", [])]
-    return {"class": f"{cls.__module__}.{cls.__qualname__}", "options": json.loads(json.dumps(options, default=str)),
+    return {"class": f"{cls.__module__}.{cls.__qualname__}", "options": options,
             "manifests": {p: sha256(Path(p)) for p in files if Path(p).is_file()}, "clips": len(dataset)}  # type: ignore[arg-type]
 
 
@@ -231,8 +248,12 @@ class FrozenFeatureData(L.LightningDataModule):
         store = FeatureStore(Path(self.cache_dir or Path(trainer.default_root_dir) / "feature_cache"))
         world, rank = self._world()
         missing = [part for part, key in keys.items() if not store.has(key)]
-        if missing and rank == 0:
-            self._fill(trainer, store, keys, missing, request, dataset, name, fingerprint, data_id)
+        if world > 1:  # rank 0's view of the cache decides for every rank
+            missing = trainer.strategy.broadcast(missing, src=0)
+        # Rank 0 encodes and writes; a sharded encoder's forward is collective, so then every rank
+        # encodes the same clips in step with it (and only rank 0 writes).
+        if missing and (rank == 0 or is_sharded(request.extractor)):
+            self._fill(trainer, store, keys, missing, request, dataset, name, fingerprint, data_id, write=rank == 0)
         if world > 1:
             trainer.strategy.barrier("feature_cache")
         entries = {part: store.load(key) for part, key in keys.items()}
@@ -245,7 +266,7 @@ class FrozenFeatureData(L.LightningDataModule):
         return self.splits[name]
 
     def _fill(self, trainer: L.Trainer, store: FeatureStore, keys: dict, missing: list[str], request: FrozenFeatures,
-              dataset: Dataset, split: str, fingerprint: str, data_id: dict) -> None:
+              dataset: Dataset, split: str, fingerprint: str, data_id: dict, write: bool = True) -> None:
         layers = [int(part[1:]) for part in missing if part.startswith("l") and part != "label"]
         workers = int(getattr(self.data, "num_workers", 0))
         loader = DataLoader(dataset, batch_size=self.extract_batch_size or self.batch_size, shuffle=False,
@@ -257,6 +278,8 @@ class FrozenFeatureData(L.LightningDataModule):
                  f"into {store.root}")
         out = extract(request, loader, layers, device, context, DTYPES[self.dtype], "pixels" in missing,
                       self.mean, self.std)
+        if not write:
+            return
         note = {"split": split, "data": data_id, "encoder": fingerprint, "spec": request.extractor.spec()}
         store.save(keys["label"], {"label": out["label"], "index": out["index"]}, {**note, "part": "labels"})
         for layer in layers:
