@@ -104,6 +104,31 @@ def test_probe_on_shuffled_labels_stays_near_chance(tmp_path):
     assert trainer.callback_metrics["online_probe/b/acc"] < 0.6
 
 
+def test_a_fixed_training_set_is_kept_drawn_from_and_named_apart(tmp_path):
+    """train_clips: the heads train on the first clips fed, drawn again; two probes with different names
+    log and checkpoint apart."""
+    fixed, fresh = OnlineProbe(TASKS, lr=0.05, train_clips=16, name="fixed"), OnlineProbe(TASKS, lr=0.05)
+    trainer = L.Trainer(callbacks=[fixed, fresh], accelerator="cpu", max_steps=8, logger=False,
+                        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+                        default_root_dir=tmp_path, num_sanity_val_steps=0, val_check_interval=8,
+                        check_val_every_n_epoch=None)
+    trainer.fit(FixedEncoder(n=128))
+    first = factor_images(128, 0)[:16]  # the first batch (the loader does not shuffle)
+    assert fixed._clip_labels.tolist() == [s["label"] for s in first] and fixed._clips_kept == 16
+    other = {"image": torch.full((16, 3, 16, 16), 99.0), "label": torch.zeros(16, dtype=torch.long)}
+    drawn = fixed._keep_and_draw(other)  # the set is full: a batch drawn from it, not the one fed
+    kept = torch.stack([s["image"] for s in first])
+    assert all(any(torch.equal(x, k) for k in kept) for x in drawn["image"])
+    assert set(drawn["label"].tolist()) <= {s["label"] for s in first}
+    for name in ("fixed", "online_probe"):
+        assert f"{name}/a/acc" in trainer.callback_metrics and f"{name}/b/train_acc" in trainer.callback_metrics
+    trainer.save_checkpoint(tmp_path / "both.ckpt")
+    states = torch.load(tmp_path / "both.ckpt", weights_only=False)["callbacks"]
+    assert sum(key.startswith("OnlineProbe") for key in states) == 2
+    with pytest.raises(ValueError, match="train_clips"):
+        OnlineProbe(TASKS, method="knn", train_clips=16)
+
+
 def tiny_jepa() -> JEPA:
     torch.manual_seed(0)
     encoder = VisionTransformer(embed_dim=32, depth=2, num_heads=2, patch_size=8, tubelet_size=2)
