@@ -67,6 +67,10 @@ def test_stage_checkpoint_choice_and_planned_steps(tmp_path):
         choose_checkpoints(ProbeStage("p", config="x", checkpoints=[100, 150]), saved, 300)
     assert planned_steps(ProbeStage("p", config="x", checkpoints="all"), 100, 250) == [100, 200, 250]
     assert planned_steps(ProbeStage("p", config="x"), 100, 250) == [250]
+    along = ProbeStage("p", config="x", checkpoints="all", along_conditions=["clean"])
+    assert list(choose_checkpoints(along.for_condition("clean"), saved, 300)) == [100, 200, 300]
+    assert list(choose_checkpoints(along.for_condition("noisy"), saved, 300)) == [300]
+    assert planned_steps(along.for_condition("noisy"), 100, 250) == [250]
 
 
 def test_costs_are_measured_from_a_comparison_and_give_the_estimate(tmp_path):

@@ -191,8 +191,9 @@ def compare(
                              f"(got kind={p.kind!r}, config={p.config!r})")
         if p.objectives is not None and not set(p.objectives) <= set(names) | {RANDOM_INIT}:
             raise ValueError(f"probe stage {p.name}: unknown objectives {sorted(set(p.objectives) - set(names))}")
-        if p.conditions is not None and not set(p.conditions) <= condition_names:
-            raise ValueError(f"probe stage {p.name}: unknown conditions {sorted(set(p.conditions) - condition_names)}")
+        for key, listed in (("conditions", p.conditions), ("along_conditions", p.along_conditions)):
+            if listed is not None and not set(listed) <= condition_names:
+                raise ValueError(f"probe stage {p.name}: unknown {key} {sorted(set(listed) - condition_names)}")
     if checkpoint_every is not None and checkpoint_every < 1:
         raise ValueError(f"checkpoint_every must be >= 1 (or null), got {checkpoint_every}")
     if executor not in ("subprocess", "in_process"):
@@ -275,12 +276,12 @@ def compare(
                 chosen: dict[int, Optional[Path]] = {0: None}
             elif dry_run and not (run.directory / "checkpoints").is_dir():
                 chosen = {s: run.directory / f"checkpoints/step{s:06d}.ckpt"
-                          for s in planned_steps(stage_, every, steps_of(run))}
+                          for s in planned_steps(stage_.for_condition(run.condition), every, steps_of(run))}
             else:
                 saved = saved_checkpoints(run.directory / "checkpoints")
                 if checkpoint_every and saved:  # along training: the comparison's cadence, not the config's
                     saved = {s: p for s, p in saved.items() if s % checkpoint_every == 0 or s == max(saved)}
-                chosen = dict(choose_checkpoints(stage_, saved, steps_of(run)))
+                chosen = dict(choose_checkpoints(stage_.for_condition(run.condition), saved, steps_of(run)))
                 if not chosen:
                     raise FileNotFoundError(f"{run.name}: no checkpoint in {run.directory / 'checkpoints'}: "
                                             "pretrain it first (--stage pretrain)")

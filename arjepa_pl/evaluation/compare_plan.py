@@ -15,7 +15,7 @@ import os
 import re
 import shlex
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal, Optional, Union
 
@@ -84,6 +84,9 @@ class ProbeStage:
         objectives: the objectives it applies to ("random_init" for the baseline); default: all (and
             the baseline for kind probe).
         conditions: the conditions it applies to (default: all).
+        along_conditions: where `checkpoints` is "all" or a list, the conditions whose runs are read
+            along training (default: all); runs of the others only at their last checkpoint (e.g. the
+            accuracy-against-FLOPs curves on clean data, the nuisance condition's end point alone).
     """
 
     name: str
@@ -93,6 +96,13 @@ class ProbeStage:
     checkpoints: Union[Literal["all", "last"], list[int]] = "last"
     objectives: Optional[list[str]] = None
     conditions: Optional[list[str]] = None
+    along_conditions: Optional[list[str]] = None
+
+    def for_condition(self, condition: str) -> "ProbeStage":
+        """This stage as it reads the checkpoints of a run in `condition` (see along_conditions)."""
+        if self.along_conditions is None or condition in self.along_conditions:
+            return self
+        return replace(self, checkpoints="last")
 
 
 @dataclass
