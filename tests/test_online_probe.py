@@ -104,31 +104,6 @@ def test_probe_on_shuffled_labels_stays_near_chance(tmp_path):
     assert trainer.callback_metrics["online_probe/b/acc"] < 0.6
 
 
-def test_a_fixed_training_set_is_kept_drawn_from_and_named_apart(tmp_path):
-    """train_clips: the heads train on the first clips fed, drawn again; two probes with different names
-    log and checkpoint apart."""
-    fixed, fresh = OnlineProbe(TASKS, lr=0.05, train_clips=16, name="fixed"), OnlineProbe(TASKS, lr=0.05)
-    trainer = L.Trainer(callbacks=[fixed, fresh], accelerator="cpu", max_steps=8, logger=False,
-                        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
-                        default_root_dir=tmp_path, num_sanity_val_steps=0, val_check_interval=8,
-                        check_val_every_n_epoch=None)
-    trainer.fit(FixedEncoder(n=128))
-    first = factor_images(128, 0)[:16]  # the first batch (the loader does not shuffle)
-    assert fixed._clip_labels.tolist() == [s["label"] for s in first] and fixed._clips_kept == 16
-    other = {"image": torch.full((16, 3, 16, 16), 99.0), "label": torch.zeros(16, dtype=torch.long)}
-    drawn = fixed._keep_and_draw(other)  # the set is full: a batch drawn from it, not the one fed
-    kept = torch.stack([s["image"] for s in first])
-    assert all(any(torch.equal(x, k) for k in kept) for x in drawn["image"])
-    assert set(drawn["label"].tolist()) <= {s["label"] for s in first}
-    for name in ("fixed", "online_probe"):
-        assert f"{name}/a/acc" in trainer.callback_metrics and f"{name}/b/train_acc" in trainer.callback_metrics
-    trainer.save_checkpoint(tmp_path / "both.ckpt")
-    states = torch.load(tmp_path / "both.ckpt", weights_only=False)["callbacks"]
-    assert sum(key.startswith("OnlineProbe") for key in states) == 2
-    with pytest.raises(ValueError, match="train_clips"):
-        OnlineProbe(TASKS, method="knn", train_clips=16)
-
-
 def tiny_jepa() -> JEPA:
     torch.manual_seed(0)
     encoder = VisionTransformer(embed_dim=32, depth=2, num_heads=2, patch_size=8, tubelet_size=2)
@@ -163,6 +138,36 @@ def test_the_objective_trains_bit_identically_with_and_without_the_probe(tmp_pat
         assert torch.equal(weights[0][key], weights[1][key]), key
     untrained = tiny_jepa().state_dict()["encoder.blocks.0.attn.qkv.weight"]
     assert not torch.equal(weights[0]["encoder.blocks.0.attn.qkv.weight"], untrained), "the run must train"
+
+
+def test_the_probe_reads_the_teacher_tokens_the_training_step_hands_over(tmp_path):
+    """V-JEPA's training step returns its teacher's tokens: they are exactly what the feature extractor
+    gives at the last layer, and a probe trained on them ends as one that runs the extractor."""
+    class Record(L.Callback):
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            (self.expected,) = pl_module.feature_extractor()(batch["video"])
+            self.outputs, self.batch = outputs, batch
+
+    torch.manual_seed(0)
+    encoder = VisionTransformer(embed_dim=32, depth=2, num_heads=2, patch_size=8, tubelet_size=2)
+    model = JEPA(encoder, predictor_embed_dim=16, predictor_depth=1, predictor_num_heads=2, lr=1e-3,
+                 start_lr=1e-3, total_steps=10, ema_momentum=(1.0, 1.0))  # a teacher the step leaves as it was
+    record = Record()
+    trainer = L.Trainer(accelerator="cpu", max_steps=1, logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path,
+                        callbacks=[record])
+    trainer.fit(model, Clips())
+    given = record.outputs["features"]
+    assert torch.equal(given, record.expected) and not given.requires_grad
+    heads = []
+    for outputs in (record.outputs, {"loss": record.outputs["loss"]}):  # handed over / computed by the probe
+        probe = OnlineProbe(TASKS, pooling="attentive")
+        probe.setup(trainer, model, "fit")
+        probe.on_fit_start(trainer, model)
+        probe.on_train_batch_end(trainer, model, outputs, record.batch, 0)
+        heads.append(probe.head.state_dict())
+    for key in heads[0]:
+        assert torch.equal(heads[0][key], heads[1][key]), key
 
 
 def test_features_carry_no_gradient():

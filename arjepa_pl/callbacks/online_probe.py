@@ -3,22 +3,16 @@
 A falling pretraining loss says little about the representation (a JEPA loss even falls when it
 collapses). What the frozen probes measure after training can be watched during it, at a small cost:
 every `every_n_steps` training batches this callback reads the encoder's features of the batch through
-the objective's FeatureExtractor (no grad: the objective's training is untouched) and trains detached
+the objective's FeatureExtractor (no grad: the objective's training is untouched) — or takes the
+last-layer tokens the training step returns as `outputs["features"]` when it computed them anyway
+(V-JEPA's teacher pass over the whole clip: no second pass of the encoder) — and trains detached
 heads of its own on them: a linear head on the mean-pooled features, or V-JEPA's attentive probe on the
 tokens, which keeps where and when things happen (a mean over tokens cannot show motion: on an AR pixel
 encoder whose frozen attentive probe reads motion direction at 94 %, a linear probe on its mean-pooled
 features read chance); or adds mean-pooled features to a kNN memory bank. At every
-validation it classifies the validation clips and logs `<name>/<task>/acc` and `<name>/<task>/train_acc`
-(the head's accuracy on the training batches it saw since the last validation, before each update),
-summed over ranks; `name` is "online_probe" unless set.
-
-What a probe can read depends on how much labelled data it gets, not only on the encoder. Given every
-training batch (fresh clips, thousands of them), an attentive head learns to read motion even from a
-random encoder's tokens, which carry where and when the object is (moving-shapes benchmark: direction
-97 % by step 600); given the frozen probe's budget — a fixed set of 512 clips, ~10 passes — it reads
-direction at chance from them, and from a trained encoder only what that encoder made easy to read.
-`train_clips` gives the online heads such a fixed set: the first clips the run feeds, kept and drawn
-again, so the monitor can tell a learning encoder from a random one.
+validation it classifies the validation clips and logs `online_probe/<task>/acc` and
+`online_probe/<task>/train_acc` (the head's accuracy on the training batches it saw since the last
+validation, before each update), summed over ranks.
 
 It is a monitor, not the evaluation: the head chases a moving encoder and sees augmented clips (see
 the flip caveat in docs/evaluation.md); report the frozen probes (arjepa_pl.evaluation) as results.
@@ -62,11 +56,6 @@ class OnlineProbe(L.Callback):
         k / temperature: kNN neighbours, and the temperature of their vote weights exp(cosine / temperature).
         bank_size: clips the kNN bank holds (a ring buffer: the oldest are replaced).
         seed: initialisation of the linear heads (from its own generator: the run's random stream is untouched).
-        train_clips: the linear heads' training data. None: every probed batch. A number: that many
-            labelled clips, the first the run feeds this process (kept in memory, as fed), from which
-            every probed step draws a batch of the same size at random — a frozen probe's fixed budget
-            (see the module docstring). A resumed run keeps its heads and gathers a new set.
-        name: the prefix of what it logs (`<name>/<task>/acc`): several probes can watch one run.
     """
 
     def __init__(
@@ -82,8 +71,6 @@ class OnlineProbe(L.Callback):
         temperature: float = 0.07,
         bank_size: int = 4096,
         seed: int = 0,
-        train_clips: Optional[int] = None,
-        name: str = "online_probe",
     ):
         self.tasks = as_tasks(tasks, "OnlineProbe")
         if method not in ("linear", "knn"):
@@ -101,17 +88,7 @@ class OnlineProbe(L.Callback):
         if k < 1 or bank_size < k or temperature <= 0:
             raise ValueError(f"need k >= 1, bank_size >= k and temperature > 0, got k={k}, "
                              f"bank_size={bank_size}, temperature={temperature}")
-        if train_clips is not None and (method != "linear" or train_clips < 1):
-            raise ValueError(f"train_clips must be >= 1 (or null: every batch) and needs method 'linear', got "
-                             f"train_clips={train_clips}, method={method!r}")
-        if not name or "/" in name:
-            raise ValueError(f"name must be a non-empty metric prefix without '/', got {name!r}")
         self.method, self.pooling, self.every_n_steps, self.layer = method, pooling, every_n_steps, layer
-        self.train_clips, self.name = train_clips, name
-        self._clips: Optional[torch.Tensor] = None  # train_clips: the kept clips, as fed, and their labels
-        self._clip_labels: Optional[torch.Tensor] = None
-        self._clips_kept = 0
-        self._draws = torch.Generator().manual_seed(seed)  # which kept clips each probed step reads
         self.lr, self.weight_decay, self.seed = lr, weight_decay, seed
         self.k, self.temperature, self.bank_size = k, temperature, bank_size
         self.num_classes = [task.num_classes for task in self.tasks]
@@ -175,21 +152,14 @@ class OnlineProbe(L.Callback):
         self._train_counts = torch.zeros(len(self.tasks), 2, device=device, dtype=torch.long)
         self._val_counts = torch.zeros_like(self._train_counts)
 
-    @property
-    def state_key(self) -> str:
-        # Several probes in one run keep separate checkpoint states (the default name keeps the key
-        # that checkpoints written before names existed use).
-        return super().state_key if self.name == "online_probe" else self._generate_state_key(name=self.name)
-
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
                            batch_idx: int) -> None:
         self.batches_seen += 1
-        if self.train_clips is not None:
-            batch = self._keep_and_draw(batch)
         if (self.batches_seen - 1) % self.every_n_steps:
             return
         start = self._clock(pl_module)
-        features, labels = self.features(trainer, batch)
+        given = outputs.get("features") if isinstance(outputs, dict) and self.layer == -1 else None
+        features, labels = self.features(trainer, batch, given)
         targets = self._targets(labels)
         if self.method == "linear":
             self._train_counts += self._linear_step(features, targets)
@@ -216,34 +186,18 @@ class OnlineProbe(L.Callback):
             total = trainer.strategy.reduce(counts.clone(), reduce_op="sum")
             for task, (correct, seen) in zip(self.tasks, total.tolist()):
                 if seen:
-                    pl_module.log(f"{self.name}/{task.name}/{suffix}", correct / seen, sync_dist=False)
+                    pl_module.log(f"online_probe/{task.name}/{suffix}", correct / seen, sync_dist=False)
             counts.zero_()
-
-    def _keep_and_draw(self, batch: Any) -> Any:
-        """train_clips: keep the batch's clips while the set has room; once it is full, a batch of the
-        same size drawn from the set (before, the batch itself: its clips are in the set)."""
-        key = "video" if self._extractor is not None and self._extractor.encoder.video else "image"
-        if not isinstance(batch, dict) or key not in batch or "label" not in batch:
-            return batch  # features() names what is missing
-        x, labels = batch[key], batch["label"]
-        assert self.train_clips is not None  # called with train_clips only
-        if self._clips is None:
-            self._clips = x.new_empty((self.train_clips, *x.shape[1:]))
-            self._clip_labels = torch.full((self.train_clips,), -1, dtype=torch.long, device=x.device)
-        assert self._clip_labels is not None  # made with the clips
-        room = min(self.train_clips - self._clips_kept, x.shape[0])
-        if room > 0:
-            self._clips[self._clips_kept:self._clips_kept + room] = x[:room]
-            self._clip_labels[self._clips_kept:self._clips_kept + room] = torch.as_tensor(labels[:room]).long()
-            self._clips_kept += room
-            return batch
-        index = torch.randint(self.train_clips, (x.shape[0],), generator=self._draws).to(x.device)
-        return {key: self._clips[index], "label": self._clip_labels[index]}
 
     # -- features ----------------------------------------------------------------------------------
     @torch.no_grad()
-    def features(self, trainer: L.Trainer, batch: Any) -> tuple[torch.Tensor, torch.Tensor]:
+    def features(self, trainer: L.Trainer, batch: Any,
+                 tokens: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, torch.Tensor]:
         """(what the heads read, in float32; labels [B]) of a batch, read as the objective was trained.
+
+        `tokens`: the batch's last-layer tokens [B (x views), N, D] as the objective's feature
+        extractor gives them, when its training step computed them anyway (`outputs["features"]`:
+        V-JEPA's teacher pass); otherwise the extractor runs here.
 
         Mean pooling: tokens are mean-pooled (over views too, for [B, V, ...] batches) into [B, D] and
         normalised without learnt parameters (F.layer_norm): the encoder's feature scale drifts during
@@ -265,16 +219,17 @@ class OnlineProbe(L.Callback):
                              f"{labels.dtype if torch.is_tensor(labels) else type(labels).__name__} "
                              f"{tuple(getattr(labels, 'shape', ()))} for {x.shape[0]} clips")
         B = x.shape[0]
-        x, _ = flatten_views(x, 4 if extractor.encoder.video else 3)
-        modes = [(module, module.training) for module in extractor.modules()]
-        extractor.eval()  # no dropout / drop-path: the features probes would read
-        try:
-            with trainer.precision_plugin.forward_context():
-                (tokens,) = extractor(x, layers=(self.layer,))
-        finally:
-            for module, training in modes:  # each module as it was (the objective may keep some in eval)
-                module.training = training
-        tokens = tokens.float().reshape(B, -1, tokens.shape[-1])
+        if tokens is None:
+            x, _ = flatten_views(x, 4 if extractor.encoder.video else 3)
+            modes = [(module, module.training) for module in extractor.modules()]
+            extractor.eval()  # no dropout / drop-path: the features probes would read
+            try:
+                with trainer.precision_plugin.forward_context():
+                    (tokens,) = extractor(x, layers=(self.layer,))
+            finally:
+                for module, training in modes:  # each module as it was (the objective may keep some in eval)
+                    module.training = training
+        tokens = tokens.detach().float().reshape(B, -1, tokens.shape[-1])
         if self.pooling == "attentive":
             return tokens, labels.long()
         pooled = tokens.mean(1)

@@ -189,13 +189,15 @@ class JEPA(ScheduledModule):
         return batch[self.input_key]
 
     # -- objective ---------------------------------------------------------------------------------
-    def jepa_forward(self, batch: dict, num_masks: Optional[int] = None) -> tuple[torch.Tensor, list[dict]]:
+    def jepa_forward(self, batch: dict, num_masks: Optional[int] = None,
+                     teacher_tokens: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, list[dict]]:
         """(teacher features of every token [B, N, D], LayerNorm'ed, and per mask configuration a dict of
         `context` [B, Kc, D], `predicted` and `target` [B', Kt, D]).
 
         Targets [B, P, Kt] (P blocks predicted separately, I-JEPA) are folded into the batch: the
         predictor sees the context with one block's slots at a time, so B' = B * P.
-        `num_masks` limits the work to the first configurations (the collapse monitor needs one).
+        `num_masks` limits the work to the first configurations (the collapse monitor needs one);
+        `teacher_tokens`: the teacher's output on the batch, when the caller has it already.
         """
         x, masks = self._input(batch), batch.get("masks")
         if not masks or len(masks) != len(self.masks):
@@ -205,7 +207,7 @@ class JEPA(ScheduledModule):
                              "(data_modules.datamodules.objective_collate_fn)")
         grid = self.encoder.token_grid(x.shape)
         with torch.no_grad():
-            targets = self.teacher_encoder(x)
+            targets = self.teacher_encoder(x) if teacher_tokens is None else teacher_tokens
             targets = F.layer_norm(targets, targets.shape[-1:])
         masks = masks[:num_masks]
         # One encoder call for all configurations: it patchifies once and runs each context subset,
@@ -232,11 +234,12 @@ class JEPA(ScheduledModule):
             return F.smooth_l1_loss(pred, target)
         return (pred - target).abs().pow(self.loss_exp).mean() / self.loss_exp
 
-    def jepa_terms(self, batch: dict) -> dict[str, torch.Tensor]:
+    def jepa_terms(self, batch: dict, teacher_tokens: Optional[torch.Tensor] = None) -> dict[str, torch.Tensor]:
         """Every term of the loss by name: `loss` (what is minimised), `loss_mask{i}` (prediction loss
         of configuration i; `loss` is their mean plus the VICReg terms), `vicreg_var` / `vicreg_cov`
-        (unweighted, averaged over configurations and features; present when their coefficient is on)."""
-        _, outputs = self.jepa_forward(batch)
+        (unweighted, averaged over configurations and features; present when their coefficient is on).
+        `teacher_tokens`: as for jepa_forward."""
+        _, outputs = self.jepa_forward(batch, teacher_tokens=teacher_tokens)
         terms = {f"loss_mask{i}": self.prediction_loss(o["predicted"], o["target"]) for i, o in enumerate(outputs)}
         loss = torch.stack(list(terms.values())).mean()
         for name, coeff, fn in (("vicreg_var", self.vicreg_var_coeff, vicreg_variance),
@@ -272,8 +275,10 @@ class JEPA(ScheduledModule):
         targets, (first,) = self.jepa_forward(batch, num_masks=1)
         return {"target": targets, "context": first["context"], "predicted": first["predicted"]}
 
-    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
-        terms = self.jepa_terms(batch)
+    def training_step(self, batch: dict, batch_idx: int) -> dict[str, torch.Tensor]:
+        with torch.no_grad():
+            teacher_tokens = self.teacher_encoder(self._input(batch))
+        terms = self.jepa_terms(batch, teacher_tokens)
         B = batch[self.input_key].size(0)
         self.log("train/loss", terms["loss"], prog_bar=True, batch_size=B)
         self.log_dict({f"train/{k}": v for k, v in terms.items() if k != "loss"}, batch_size=B)
@@ -281,7 +286,9 @@ class JEPA(ScheduledModule):
             # Per sample; I-JEPA's target is P blocks of Kt tokens.
             self.log_dict({f"train/context_tokens_mask{i}": float(mask["context"][0].numel()),
                            f"train/target_tokens_mask{i}": float(mask["target"][0].numel())}, batch_size=B)
-        return terms["loss"]
+        # The teacher's tokens are what feature_extractor() gives at its last layer: the online probe
+        # reads them instead of running the teacher over the batch a second time.
+        return {"loss": terms["loss"], "features": teacher_tokens.detach()}
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
         loss, _ = self.jepa_loss(batch)
