@@ -24,7 +24,7 @@ import statistics
 from dataclasses import dataclass, field
 from typing import Optional
 
-from arjepa_pl.evaluation.compare_plan import RANDOM_INIT
+from arjepa_pl.evaluation.compare_plan import RANDOM_INIT, plain
 from arjepa_pl.evaluation.report import Record, final, tasks_and_layers
 
 SUPPORTED, CONTRADICTED, INCONCLUSIVE, UNTESTABLE = "supported", "contradicted", "inconclusive", "not testable here"
@@ -266,3 +266,25 @@ def claims_table(records: list[Record], roles, context: dict) -> list[str]:
     for c in claims:
         lines.append(f"| {c.claim} | {c.experiment} | {c.measured or '—'} | **{c.verdict}**: {c.why} |")
     return lines + [""]
+
+
+def claims_context(claims: Optional[ClaimRoles], probe_configs: dict, resolved: dict) -> dict:
+    """What the claims' verdicts compare with: the chance accuracy of the claim's probe tasks, and the
+    bits/dim of a uniform code distribution for every token objective (log2(codes) per patch of pixels).
+    `probe_configs` and `resolved`: the probe stages' and the objectives' resolved configs, by name."""
+    if claims is None:
+        return {}
+    context: dict = {}
+    tasks = plain(probe_configs[claims.probe].get("model.init_args.tasks")) if claims.probe in probe_configs else None
+    chances = [1 / t["num_classes"] for t in tasks or [] if claims.tasks is None or t["name"] in claims.tasks]
+    if chances:
+        context["chance_mean"] = sum(chances) / len(chances)
+    uniform = {}
+    for name, config in resolved.items():
+        codes, encoder = config.get("model.init_args.num_codes"), plain(config.get("model.init_args.encoder"))
+        if codes and encoder:
+            args = encoder.get("init_args", {})
+            values = args.get("in_chans", 3) * args.get("tubelet_size", 2) * args.get("patch_size", 16) ** 2
+            uniform[name] = math.log2(codes) / values
+    context["uniform_bits_per_dim"] = uniform
+    return context

@@ -21,7 +21,6 @@ and a last job for the report; `--dry_run` prints the plan with a time estimate 
 
 import inspect
 import json
-import math
 import shutil
 import sys
 import time
@@ -32,7 +31,7 @@ from unittest.mock import patch
 
 from jsonargparse import ActionConfigFile, ArgumentParser, Namespace
 
-from arjepa_pl.evaluation.claims import ClaimRoles
+from arjepa_pl.evaluation.claims import ClaimRoles, claims_context
 from arjepa_pl.evaluation.compare_costs import estimate
 from arjepa_pl.evaluation.compare_exec import JobRunner
 from arjepa_pl.evaluation.compare_plan import (
@@ -55,6 +54,7 @@ from arjepa_pl.evaluation.compare_plan import (
     fit_command,
     job_done,
     objective_args,
+    plain,
     planned_steps,
     saved_checkpoints,
     unfinished,
@@ -67,17 +67,6 @@ MUST_MATCH = ("model.init_args.encoder", "data", "trainer.max_steps", "trainer.a
               "trainer.precision", "trainer.devices", "trainer.num_nodes")
 
 __all__ = ["Condition", "Pretraining", "ProbeStage", "check_fairness", "compare", "main", "resolved_config"]
-
-
-def plain(value):
-    """Namespaces -> dicts, recursively, for comparison and printing."""
-    if hasattr(value, "as_dict"):
-        return value.as_dict()
-    if isinstance(value, dict):
-        return {k: plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [plain(v) for v in value]
-    return value
 
 
 class _Parsed(Exception):
@@ -361,27 +350,6 @@ def compare(
     own = {o.name: o.steps for o in objectives if o.steps}
     return write_report(records, out, steps=steps, own_steps=own, claims=claims, context=context,
                         wandb_project=wandb_project)
-
-
-def claims_context(claims: Optional[ClaimRoles], probe_configs: dict, resolved: dict) -> dict:
-    """What the claims' verdicts compare with: the chance accuracy of the claim's probe tasks, and the
-    bits/dim of a uniform code distribution for every token objective (log2(codes) per patch of pixels)."""
-    if claims is None:
-        return {}
-    context: dict = {}
-    tasks = plain(probe_configs[claims.probe].get("model.init_args.tasks")) if claims.probe in probe_configs else None
-    chances = [1 / t["num_classes"] for t in tasks or [] if claims.tasks is None or t["name"] in claims.tasks]
-    if chances:
-        context["chance_mean"] = sum(chances) / len(chances)
-    uniform = {}
-    for name, config in resolved.items():
-        codes, encoder = config.get("model.init_args.num_codes"), plain(config.get("model.init_args.encoder"))
-        if codes and encoder:
-            args = encoder.get("init_args", {})
-            values = args.get("in_chans", 3) * args.get("tubelet_size", 2) * args.get("patch_size", 16) ** 2
-            uniform[name] = math.log2(codes) / values
-    context["uniform_bits_per_dim"] = uniform
-    return context
 
 
 def harness_main(function: Callable[..., Optional[Path]], command: str, description: str, config: str,

@@ -300,3 +300,14 @@ def unfinished(directory: Path) -> RuntimeError:
 
 def command_line(command: list[str]) -> str:
     return shlex.join(command)
+
+
+def plain(value):
+    """Namespaces -> dicts, recursively, for comparison and printing."""
+    if hasattr(value, "as_dict"):
+        return value.as_dict()
+    if isinstance(value, dict):
+        return {k: plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [plain(v) for v in value]
+    return value
