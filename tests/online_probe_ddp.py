@@ -72,6 +72,9 @@ def worker(rank: int, world: int, reference: torch.Tensor, reference_bank: torch
         torch.testing.assert_close(sharded_head, head, rtol=1e-5, atol=1e-6)
         torch.testing.assert_close(sharded_bank, bank, rtol=1e-5, atol=1e-6)
         print("the same under FSDP2", flush=True)
+    # Both ranks past their last collective before either tears down gloo: a rank that destroys the
+    # group while its peer is still using it can abort at exit.
+    dist.barrier()
     dist.destroy_process_group()
 
 

@@ -38,6 +38,7 @@ def worker(rank: int, world: int, queue) -> None:
     value.backward()
     per_rank = terms(mine.detach(), across_ranks=False)
     queue.put((rank, value.item(), (mine.grad / world).tolist(), per_rank.item()))
+    dist.barrier()  # both ranks done before either tears down gloo
     dist.destroy_process_group()
 
 
