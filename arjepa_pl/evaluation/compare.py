@@ -201,7 +201,7 @@ def compare(
 
     def steps_of(run: Run) -> int:
         objective = by_name.get(run.objective)  # None: the random encoder, which is not trained
-        return (objective.steps if objective else None) or steps
+        return objective.steps_or(steps) if objective else steps
 
     def options(run: Run) -> dict:
         return {**(data or {}), **by_condition[run.condition].data}
@@ -211,7 +211,7 @@ def compare(
 
     def pretrain_command(run: Run) -> list[str]:
         extra = [extra_checkpoints(checkpoint_every, run.directory / "checkpoints")] if checkpoint_every else []
-        return fit_command(python, by_name[run.objective], run, steps_of(run), pretrain_args, optimizer_args,
+        return fit_command(python, by_name[run.objective], run, steps, pretrain_args, optimizer_args,
                            pretrain_data(run), extra)
 
     runs = [Run(o.name, seed, out / o.name / c.name / f"seed{seed}", c.name) for seed in seeds for c in conditions

@@ -113,7 +113,7 @@ def estimate(jobs: list, steps: Callable[[Any], int], costs_path: Optional[str] 
             if step is None:
                 unknown.add(job.run.objective)
                 continue
-            n_steps = steps(job.run)
+            n_steps = run_steps[job.run.objective]
             wall[id(job)], cpu[id(job)] = start + n_steps * step, start + n_steps * step_cpu
         else:
             one, one_cpu = costs["stage_seconds"].get(job.stage.name), costs["stage_cpu_seconds"].get(job.stage.name)

@@ -54,6 +54,10 @@ class Pretraining:
     conditions: Optional[list[str]] = None
     steps: Optional[int] = None
 
+    def steps_or(self, default: int) -> int:
+        """Its optimizer steps: its own, else the comparison's `default`."""
+        return self.steps or default
+
 
 @dataclass
 class Condition:
@@ -189,7 +193,7 @@ def fit_command(python: list[str], objective: Pretraining, run: Run, steps: int,
     objective_args, then the run's steps (the objective's own, else `steps`) and directory and any extra
     callbacks, resuming from its checkpoint when it has one."""
     return [*python, "fit", *objective_args(objective, run.seed, pretrain_args, optimizer_args, data),
-            f"--trainer.max_steps={objective.steps or steps}", f"--trainer.default_root_dir={run.directory}",
+            f"--trainer.max_steps={objective.steps_or(steps)}", f"--trainer.default_root_dir={run.directory}",
             *callbacks, RUN_SUMMARY, "--ckpt_path=last"]
 
 
