@@ -155,14 +155,19 @@ def test_video_rollout_with_cache_equals_recomputation(tokens):
         assert torch.isin(patchify(cached, 2, 8).reshape(-1, 384), model.tokenizer.codebook).all()
 
 
-def test_gpt_cached_chunks_equal_full_forward():
+@pytest.mark.parametrize("grad", [True, False])
+def test_gpt_cached_chunks_equal_full_forward(grad):
     torch.manual_seed(0)
     gpt = ByteGPT(embed_dim=32, depth=2, num_heads=2, max_seq_len=32).eval()
     idx = torch.randint(0, 256, (2, 20))
     full = gpt(idx)
     caches = gpt.new_caches()
-    parts = [gpt(idx[:, :7], caches), gpt(idx[:, 7:8], caches), gpt(idx[:, 8:20], caches)]
+    with torch.set_grad_enabled(grad):  # with autograd the cache concatenates; without, it fills buffers
+        parts = [gpt(idx[:, i:j], caches) for i, j in ((0, 7), (7, 8), (8, 9), (9, 20))]
     torch.testing.assert_close(torch.cat(parts, 1), full, atol=1e-5, rtol=1e-5)
+    assert len(caches[0]) == 20 and all(p.requires_grad == grad for p in parts)
+    if not grad:  # the buffers grew by doubling (7 -> 16 -> 40 tokens), not by one copy per step
+        assert caches[0].k is not None and caches[0].k.size(2) == 40
 
 
 @pytest.mark.parametrize("temperature,top_k", [(0.0, None), (1.0, 5)])

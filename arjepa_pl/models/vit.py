@@ -38,20 +38,40 @@ class KVCache:
     Autoregressive generation feeds only the new tokens; their queries attend to the cached keys and
     values plus their own, which gives exactly what a full recomputation gives as long as earlier
     tokens never attend to later ones (causal or block-causal masks).
+
+    Without autograd (generation, planning) the keys and values are written into buffers that double
+    when full, so a step copies only its own tokens: concatenating the whole cache every step cost a
+    planner's rollouts of thousands of sequences half their time (O(steps^2) copies). With autograd
+    (training through a rollout) each step concatenates, as autograd needs every step's tensors intact.
     """
 
     def __init__(self):
         self.k: Optional[torch.Tensor] = None
         self.v: Optional[torch.Tensor] = None
+        self._length = 0  # tokens held; the buffers may be longer
 
     def __len__(self) -> int:
-        return 0 if self.k is None else self.k.size(2)
+        return self._length
 
     def extend(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Append [B, heads, n, head_dim] keys and values; return all of them."""
-        self.k = k if self.k is None else torch.cat([self.k, k], dim=2)
-        self.v = v if self.v is None else torch.cat([self.v, v], dim=2)
-        return self.k, self.v
+        end = self._length + k.size(2)
+        if self.k is None or self.v is None:
+            self.k, self.v = k, v
+        elif torch.is_grad_enabled() and (k.requires_grad or self.k.requires_grad):
+            self.k = torch.cat([self.k[:, :, :self._length], k], dim=2)
+            self.v = torch.cat([self.v[:, :, :self._length], v], dim=2)
+        else:
+            if self.k.size(2) < end:  # grow to twice what is needed: amortised, each token copied O(1) times
+                grown_k = k.new_empty(*k.shape[:2], 2 * end, k.size(3))
+                grown_v = v.new_empty(*v.shape[:2], 2 * end, v.size(3))
+                grown_k[:, :, :self._length] = self.k[:, :, :self._length]
+                grown_v[:, :, :self._length] = self.v[:, :, :self._length]
+                self.k, self.v = grown_k, grown_v
+            self.k[:, :, self._length:end] = k
+            self.v[:, :, self._length:end] = v
+        self._length = end
+        return self.k[:, :, :end], self.v[:, :, :end]
 
 
 class Attention(nn.Module):
