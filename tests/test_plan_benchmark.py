@@ -79,6 +79,7 @@ def test_fit_and_plan_every_world_model_through_the_cli(tmp_path, capsys):
         "plan_config": "configs/plan_tworooms.yaml",
         "plan_args": ["--num_episodes=3", "--media_episodes=1", "--max_steps=4", "--wandb_project=null"],
         "wandb_project": None,
+        "workers": 2, "threads": 1,  # a model's planning starts when its training ends, beside the other jobs
     }
     path = tmp_path / "plan_benchmark.yaml"
     path.write_text(yaml.safe_dump(config))

@@ -9,8 +9,8 @@ threads. A job's stage jobs (probes of its checkpoints) are queued when its pret
 
 Every job's output goes to <job dir>/<kind>.log, its command line to commands.txt, and its wall and
 CPU seconds with the load average to timings.jsonl (what arjepa_pl.evaluation.compare_costs reads).
-The planning benchmark (arjepa_pl.planning.benchmark) runs its commands one after the other through
-`execute` and `train_runs`, on the same run_job.
+The planning benchmark (arjepa_pl.planning.benchmark) runs its trainings and planning evaluations on
+the same JobRunner (subprocesses), a model's planning queued when its training finishes.
 """
 
 import concurrent.futures as futures
@@ -24,11 +24,11 @@ import subprocess
 import sys
 import time
 import traceback
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from pathlib import Path
 from typing import Optional
 
-from arjepa_pl.evaluation.compare_plan import SUMMARY, Job, Run, command_line, is_complete, unfinished
+from arjepa_pl.evaluation.compare_plan import Job, command_line
 
 
 @contextlib.contextmanager
@@ -106,33 +106,6 @@ def failure(code: int, line: str, log: Path) -> RuntimeError:
     return RuntimeError(f"command failed (exit {code}): {line}\n--- end of {log} ---\n{tail}")
 
 
-def execute(command: list[str], log_path: Path, record: Path, dry_run: bool) -> None:
-    """Run one command as a subprocess, now, with its output appended to log_path and the command line
-    to `record`; an error names the command and shows the end of its log."""
-    line = command_line(command)
-    print(f"$ {line}", flush=True)
-    if dry_run:
-        return
-    record_command(record, line, log_path.parent)
-    code = run_job(command, str(log_path), in_process=False)["exit"]
-    if code:
-        raise failure(code, line, log_path)
-
-
-def train_runs(tag: str, runs: Sequence[Run], command: Callable[[Run], list[str]], out: Path, steps: int,
-               dry_run: bool) -> None:
-    """Trains each run that has not finished (its fit summary says so) with `command(run)`, one after
-    the other, stopping at a run that exits unfinished (pre-empted)."""
-    for run in runs:
-        if is_complete(run.directory, "fit", steps):
-            print(f"[{tag}] {run.name}: trained already ({run.directory / SUMMARY})")
-            continue
-        print(f"[{tag}] training {run.name}", flush=True)
-        execute(command(run), run.directory / "fit.log", out / "commands.txt", dry_run)
-        if not dry_run and not is_complete(run.directory, "fit", steps):
-            raise unfinished(run.directory)
-
-
 class JobRunner:
     """Runs jobs and the jobs they unlock, one at a time or on `workers` processes.
 
@@ -141,10 +114,13 @@ class JobRunner:
         executor: "subprocess" or "in_process" (see the module docstring).
         workers: jobs at a time.
         threads: torch threads of every job (None: torch's default; 1 with several workers on few cores).
+        tag: what its messages start with (the harness's name).
     """
 
-    def __init__(self, out: Path, executor: str, workers: int = 1, threads: Optional[int] = None):
+    def __init__(self, out: Path, executor: str, workers: int = 1, threads: Optional[int] = None,
+                 tag: str = "compare"):
         self.out, self.in_process, self.workers, self.threads = out, executor == "in_process", workers, threads
+        self.tag = tag
         self.pool: Optional[futures.Executor] = None
         if workers > 1:
             # Spawned, not forked: a fork of a process that has run torch's thread pools can hang.
@@ -157,7 +133,7 @@ class JobRunner:
 
     def _start(self, job: Job, command: list[str]):
         line = command_line(command)
-        print(f"[compare] {job.kind} {job.name}\n$ {line}", flush=True)
+        print(f"[{self.tag}] {job.kind} {job.name}\n$ {line}", flush=True)
         record_command(self.out / "commands.txt", line, job.directory)
         log = str(job.directory / f"{job.kind}.log")
         load = os.getloadavg()

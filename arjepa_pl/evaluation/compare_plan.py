@@ -125,9 +125,10 @@ class Run:
 
 @dataclass
 class Job:
-    """One command of the plan: a pretraining, or a stage on one checkpoint of a run."""
+    """One command of the plan: a pretraining, a stage on one checkpoint of a run, or (the planning
+    benchmark) a planning evaluation."""
 
-    kind: Literal["pretrain", "probe", "predict"]
+    kind: Literal["pretrain", "probe", "predict", "plan"]
     run: Run
     directory: Path
     stage: Optional[ProbeStage] = None

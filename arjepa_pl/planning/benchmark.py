@@ -25,13 +25,17 @@ from typing import Literal, Optional
 
 from arjepa_pl.checkpoints import find_resume_checkpoint
 from arjepa_pl.evaluation.compare import check_fairness, harness_main, resolved_config
-from arjepa_pl.evaluation.compare_exec import execute, train_runs
+from arjepa_pl.evaluation.compare_exec import JobRunner
 from arjepa_pl.evaluation.compare_plan import (
     SUMMARY,
+    Job,
     Pretraining,
     Run,
     check_run_arguments,
+    command_line,
     fit_command,
+    is_complete,
+    unfinished,
     with_seed,
 )
 from arjepa_pl.evaluation.report import fmt, mean_std
@@ -56,6 +60,8 @@ def benchmark(
     plan_args: Sequence[str] = (),
     baselines: Sequence[Literal["random", "oracle"]] = BASELINES,
     launcher: Sequence[str] = (),
+    workers: int = 1,
+    threads: Optional[int] = None,
     stage: Literal["all", "pretrain", "plan", "report"] = "all",
     only: Optional[list[str]] = None,
     dry_run: bool = False,
@@ -77,6 +83,9 @@ def benchmark(
         plan_args: command-line overrides for every planning run ("{seed}": the seed).
         baselines: "random" (random actions) and / or "oracle" (the true simulator).
         launcher: put before every command, e.g. ["srun", "--ntasks-per-node=8"] inside a SLURM allocation.
+        workers: commands run at a time; a model's planning starts when its training is done (2 workers of
+            1 thread each keep 2 cores busy: these small models gain little from a second thread).
+        threads: torch threads of every command (OMP_NUM_THREADS; None: torch's default).
         stage: "all"; or only "pretrain", "plan" (needs the trained runs) or "report".
         only: run only these runs ("ac_jepa", "ac_jepa/seed0", "oracle", ...).
         dry_run: print the commands and check the configs; run nothing.
@@ -85,6 +94,8 @@ def benchmark(
     check_run_arguments("plan_benchmark", objectives, BASELINES, seeds, steps, optimizer, [plan_config])
     if set(baselines) - set(BASELINES):
         raise ValueError(f"baselines must be among {BASELINES}, got {list(baselines)}")
+    if workers < 1 or (threads is not None and threads < 1):
+        raise ValueError(f"workers and threads must be >= 1, got workers={workers}, threads={threads}")
     out = Path(out_dir)
 
     optimizer_args = [f"--model.init_args.{k}={json.dumps(v)}" for k, v in (optimizer or {}).items()]
@@ -105,34 +116,66 @@ def benchmark(
 
     runs = [Run(o.name, seed, out / o.name / f"seed{seed}") for seed in seeds for o in objectives]
     floors = [Run(name, seed, out / name / f"seed{seed}") for seed in seeds for name in baselines]
+    by_name = {o.name: o for o in objectives}
 
     def selected(run: Run) -> bool:
         return not only or run.objective in only or run.name in only
 
-    by_name = {o.name: o for o in objectives}
-    if stage in ("all", "pretrain"):
-        train_runs("plan_benchmark", list(filter(selected, runs)),
-                   lambda run: train_command(by_name[run.objective], run), out, steps, dry_run)
+    def planned(run: Run) -> bool:
+        return (run.directory / "plan" / RESULTS).is_file()
 
-    if stage in ("all", "plan"):
-        for run in filter(selected, runs + floors):
-            if (run.directory / "plan" / RESULTS).is_file():
-                print(f"[plan_benchmark] {run.name}: planned already ({run.directory / 'plan' / RESULTS})")
-                continue
-            if run.objective in BASELINES:
-                model_args = [f"--world_model={run.objective}"]
-            else:
-                checkpoint = find_resume_checkpoint([run.directory / "checkpoints"])
-                if checkpoint is None and not dry_run:
-                    raise FileNotFoundError(f"{run.name}: no checkpoint in {run.directory / 'checkpoints'}: "
-                                            "train it first (--stage pretrain)")
-                model_args = [f"--ckpt_path={checkpoint or run.directory / 'checkpoints/last.ckpt'}"]
-            print(f"[plan_benchmark] planning with {run.name}", flush=True)
-            execute(plan_command(run, model_args), run.directory / "plan.log", out / "commands.txt", dry_run)
-            if not dry_run and not (run.directory / "plan" / RESULTS).is_file():
-                raise RuntimeError(f"{run.name}: the planning run exited without {RESULTS}; start the benchmark again")
+    def command(job: Job) -> list[str]:
+        if job.kind == "pretrain":
+            return train_command(by_name[job.run.objective], job.run)
+        if job.run.objective in BASELINES:
+            return plan_command(job.run, [f"--world_model={job.run.objective}"])
+        # The checkpoint is looked up when the job starts: its training has just finished.
+        checkpoint = find_resume_checkpoint([job.run.directory / "checkpoints"])
+        if checkpoint is None and not dry_run:
+            raise FileNotFoundError(f"{job.run.name}: no checkpoint in {job.run.directory / 'checkpoints'}: "
+                                    "train it first (--stage pretrain)")
+        return plan_command(job.run, [f"--ckpt_path={checkpoint or job.run.directory / 'checkpoints/last.ckpt'}"])
 
-    if dry_run or stage not in ("all", "report"):
+    def plan_job(run: Run) -> list[Job]:
+        if stage not in ("all", "plan"):
+            return []
+        if planned(run):
+            print(f"[plan_benchmark] {run.name}: planned already ({run.directory / 'plan' / RESULTS})")
+            return []
+        return [Job("plan", run, run.directory)]
+
+    jobs: list[Job] = []
+    for run in filter(selected, runs):
+        if stage in ("all", "pretrain") and not is_complete(run.directory, "fit", steps):
+            jobs.append(Job("pretrain", run, run.directory))
+        else:
+            if stage in ("all", "pretrain"):
+                print(f"[plan_benchmark] {run.name}: trained already ({run.directory / SUMMARY})")
+            jobs += plan_job(run)
+    jobs += [job for run in filter(selected, floors) for job in plan_job(run)]
+    if dry_run:
+        for job in jobs:
+            print(f"$ {command_line(command(job))}")
+            if job.kind == "pretrain":
+                jobs += plan_job(job.run)
+        return None
+
+    def finished(job: Job) -> list[Job]:
+        if job.kind == "pretrain":
+            if not is_complete(job.directory, "fit", steps):
+                raise unfinished(job.directory)
+            return plan_job(job.run) if stage == "all" else []
+        if not planned(job.run):
+            raise RuntimeError(f"{job.run.name}: the planning run exited without {RESULTS}; start the benchmark again")
+        return []
+
+    runner = JobRunner(out, "subprocess", workers, threads, tag="plan_benchmark")
+    try:
+        runner.run(jobs, command, finished)
+    finally:
+        runner.close()
+
+    if stage not in ("all", "report"):
         return None
     rows = []
     for run in runs + floors:
