@@ -12,6 +12,7 @@ import yaml
 
 from arjepa_pl.evaluation.compare import Run
 from arjepa_pl.planning.benchmark import benchmark_markdown, result_row, write_benchmark_report
+from arjepa_pl.planning.plan import success_by_room
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -42,19 +43,27 @@ def test_unfair_world_models_are_refused(tmp_path):
 def test_the_report_gives_means_and_stds_over_seeds(tmp_path):
     def planned(success):
         return {"episodes": 50, "success_rate": success, "final_distance": 0.1, "steps": 6.0,
-                "planning_seconds_per_action": 0.02, "planning_flops_per_action": 2e9, "eval_seconds": 120.0}
+                "planning_seconds_per_action": 0.02, "planning_flops_per_action": 2e9, "eval_seconds": 120.0,
+                **success_by_room([{"other_room": False, "success": True}, {"other_room": True, "success": success > 0.7},
+                                   {"other_room": True, "success": False}])}
 
     trained = {"global_step": 1500, "train_flops": 4e13, "fit_seconds": 480.0}
     rows = [result_row(Run("ac_jepa", 0, tmp_path), planned(0.8), trained),
             result_row(Run("ac_jepa", 1, tmp_path), planned(0.6), trained),
             result_row(Run("random", 0, tmp_path), {**planned(0.1), "planning_flops_per_action": None}, {})]
     text = benchmark_markdown(rows, steps=1500)
-    assert ("| ac_jepa | 70.0 ± 14.1 | 0.100 ± 0.000 | 6.0 ± 0.0 | 20.0 ± 0.0 | 2.00 ± 0.00 | 40.0 ± 0.0 | 8.0 ± 0.0 "
-            "| 2.0 ± 0.0 |") in text
-    assert "| random | 10.0 ± 0.0 |" in text and "| — | — | — |" in text
+    assert ("| ac_jepa | 70.0 ± 14.1 | 100.0 ± 0.0 | 25.0 ± 35.4 | 0.100 ± 0.000 | 6.0 ± 0.0 | 20.0 ± 0.0 | "
+            "2.00 ± 0.00 | 40.0 ± 0.0 | 8.0 ± 0.0 | 2.0 ± 0.0 |") in text
+    assert "| random | 10.0 ± 0.0 | 100.0 ± 0.0 | 0.0 ± 0.0 |" in text and "| — | — | — |" in text
     report = write_benchmark_report(rows, tmp_path, steps=1500)
     assert report.read_text() == text and (tmp_path / "results.png").read_bytes()[:4] == b"\x89PNG"
     assert len(list(csv.DictReader(open(tmp_path / "results.csv")))) == 3
+
+
+def test_success_by_room_splits_the_episodes():
+    rows = [{"other_room": o, "success": s} for o, s in ((True, True), (True, False), (True, False), (False, True))]
+    assert success_by_room(rows) == {"success_rate_same_room": 1.0, "success_rate_other_room": 1 / 3}
+    assert success_by_room(rows[:3])["success_rate_same_room"] is None  # no such episode: no rate
 
 
 @pytest.mark.slow
@@ -94,6 +103,7 @@ def test_fit_and_plan_every_world_model_through_the_cli(tmp_path, capsys):
             plan_dir = out / name / "seed0" / "plan"
             results = json.loads((plan_dir / "results.json").read_text())["summary"]
             assert results["episodes"] == 3 and 0.0 <= results["success_rate"] <= 1.0
+            assert results["success_rate_other_room"] is not None  # 2 of the 3 episodes need the door
             media = sorted(p.suffix for p in (plan_dir / "media").iterdir())
             assert media == [".mp4", ".png"], media
         rows = {r["objective"]: r for r in csv.DictReader(open(out / "results.csv"))}

@@ -39,7 +39,7 @@ from arjepa_pl.evaluation.compare_plan import (
     with_seed,
 )
 from arjepa_pl.evaluation.report import fmt, mean_std
-from arjepa_pl.planning.plan import RESULTS, plan_arguments
+from arjepa_pl.planning.plan import RESULTS, plan_arguments, success_by_room
 
 BASELINES: tuple[Literal["random", "oracle"], ...] = ("random", "oracle")
 # Besides the encoder, data, steps and optimiser (arjepa_pl.evaluation.compare.MUST_MATCH), world models must share
@@ -183,7 +183,8 @@ def benchmark(
         if not results.is_file():
             raise FileNotFoundError(f"{run.name} has no planning results ({results}): run its stages first")
         trained = json.loads((run.directory / SUMMARY).read_text()) if run.objective not in BASELINES else {}
-        rows.append(result_row(run, json.loads(results.read_text())["summary"], trained))
+        evaluation = json.loads(results.read_text())
+        rows.append(result_row(run, {**evaluation["summary"], **success_by_room(evaluation["episodes"])}, trained))
     return write_benchmark_report(rows, out, steps, wandb_project)
 
 
@@ -191,6 +192,8 @@ def result_row(run: Run, planned: dict, trained: dict) -> dict:
     """One run's numbers: its planning summary and, for trained models, what training cost."""
     return {"objective": run.objective, "seed": run.seed, "episodes": planned["episodes"],
             "success_rate": planned["success_rate"],
+            "success_rate_same_room": planned.get("success_rate_same_room"),
+            "success_rate_other_room": planned.get("success_rate_other_room"),
             "final_distance": planned["final_distance"], "steps": planned["steps"],
             "planning_seconds_per_action": planned["planning_seconds_per_action"],
             "planning_flops_per_action": planned.get("planning_flops_per_action"),
@@ -210,13 +213,15 @@ def benchmark_markdown(rows: list[dict], steps: int) -> str:
     lines = [f"Planning in two rooms: mean ± std over {len(seeds)} seed(s) ({', '.join(map(str, seeds))}); "
              "world models "
              f"trained {steps} steps each; {rows[0].get('episodes', 'the same')} episodes per run.", "",
-             "| world model | success (%) | final distance | steps | planning ms / action | planning GFLOPs / action "
-             "| training TFLOPs | training min | planning min |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             "| world model | success (%) | same room (%) | other room (%) | final distance | steps "
+             "| planning ms / action | planning GFLOPs / action | training TFLOPs | training min | planning min |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for objective in objectives:
         runs = [r for r in rows if r["objective"] == objective]
         column = {key: [r[key] for r in runs] for key in runs[0]}
         lines.append(f"| {objective} | {_cell(column['success_rate'], 100)} | "
+                     f"{_cell(column['success_rate_same_room'], 100)} | "
+                     f"{_cell(column['success_rate_other_room'], 100)} | "
                      f"{_cell(column['final_distance'], 1, 3)} | "
                      f"{_cell(column['steps'])} | {_cell(column['planning_seconds_per_action'], 1000)} | "
                      f"{_cell(column['planning_flops_per_action'], 1e-9, 2)} | {_cell(column['train_flops'], 1e-12)} | "

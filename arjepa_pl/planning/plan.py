@@ -140,12 +140,26 @@ def plan(
     return summary
 
 
+def success_by_room(rows: list[dict]) -> dict:
+    """Success rates of the episodes whose goal is in the start's room and of those that need the door
+    (None where there are none), from the per-episode rows of results.json."""
+    rates = {}
+    for key, other in (("success_rate_same_room", False), ("success_rate_other_room", True)):
+        hits = [r["success"] for r in rows if r["other_room"] == other]
+        rates[key] = sum(hits) / len(hits) if hits else None
+    return rates
+
+
 def report_lines(summary: dict) -> str:
     flops = summary.get("planning_flops_per_action")
-    return ("| world model | episodes | success (%) | final distance | steps | planning ms / action "
-            "| planning GFLOPs / action |\n"
-            "|---|---|---|---|---|---|---|\n"
+    def percent(key: str) -> str:
+        return "—" if summary.get(key) is None else f"{100 * summary[key]:.1f}"
+
+    return ("| world model | episodes | success (%) | same room / other room (%) | final distance | steps "
+            "| planning ms / action | planning GFLOPs / action |\n"
+            "|---|---|---|---|---|---|---|---|\n"
             f"| {summary['name']} | {summary['episodes']} | {100 * summary['success_rate']:.1f} | "
+            f"{percent('success_rate_same_room')} / {percent('success_rate_other_room')} | "
             f"{summary['final_distance']:.3f} | {summary['steps']:.1f} | "
             f"{1000 * summary['planning_seconds_per_action']:.1f} | "
             f"{'—' if flops is None else f'{flops / 1e9:.2f}'} |\n")
@@ -158,6 +172,7 @@ def write_report(results: EpisodeResults, summary: dict, sim: TwoRooms, episodes
              "other_room": bool(sim.room(s) != sim.room(g)), "success": bool(results.success[i]),
              "final_distance": float(results.final_distance[i]), "steps": int(results.steps[i])}
             for i, (s, g) in enumerate(zip(episodes.starts.cpu(), episodes.goals.cpu()))]
+    summary.update(success_by_room(rows))
     with open(out / "episodes.csv", "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=list(rows[0]))
         writer.writeheader()
