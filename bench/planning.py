@@ -142,8 +142,11 @@ def main() -> None:
         key = "idle_estimate_minutes_for_default_steps" if args.idle_gflops else "minutes_for_default_steps"
         plan_key = "idle_estimate_minutes" if args.idle_gflops else "minutes"
         total = 3 * (sum(r[key] for r in trains.values()) + sum(r[plan_key] for r in plans.values()))
-        print(f"planning benchmark (3 seeds x (2 trainings + 2 evaluations + random + oracle)): about {total:.0f} min"
-              f"{' (idle estimate)' if args.idle_gflops else ' at this load'}, process start-ups excluded")
+        # These readings use every thread; the benchmark's config runs two single-threaded commands at a
+        # time instead, which on 2 cores measured 34 min where this sum said more (small ops scale poorly).
+        print(f"planning benchmark (3 seeds x (2 trainings + 2 evaluations + random + oracle)), one command at a "
+              f"time: about {total:.0f} min{' (idle estimate)' if args.idle_gflops else ' at this load'}, "
+              "process start-ups excluded")
     if args.out:
         with open(args.out, "a") as f:
             for r in readings:
