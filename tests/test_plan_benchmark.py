@@ -31,6 +31,15 @@ def test_the_benchmark_config_checks_out_in_a_dry_run(tmp_path, capsys):
     assert not (tmp_path / "results.md").exists()
 
 
+def test_planning_untrained_runs_is_refused_before_anything_runs(tmp_path):
+    from arjepa_pl.cli import main
+
+    with pytest.raises(FileNotFoundError, match="not trained for 1000 steps yet: ac_jepa/seed0, ac_ar/seed0"):
+        main(["plan_benchmark", "--config", str(REPO / "configs/plan_benchmark.yaml"), "--stage=plan",
+              f"--out_dir={tmp_path}"])
+    assert not list(tmp_path.iterdir())
+
+
 def test_unfair_world_models_are_refused(tmp_path):
     from arjepa_pl.cli import main
 
@@ -114,5 +123,13 @@ def test_fit_and_plan_every_world_model_through_the_cli(tmp_path, capsys):
         again = capsys.readouterr().out
         assert again.count("already") == 6 and "$ " not in again  # 2 trainings + 4 plans skipped
         assert (out / "results.md").read_text() == table
+        # A run whose training falls short of the steps asked (here: its summary says 2 of 3) trains on, and
+        # its planning results, from the shorter training, are set aside, not reported.
+        summary_path = out / "ac_jepa/seed0/summary.json"
+        summary_path.write_text(json.dumps({**json.loads(summary_path.read_text()), "global_step": 2}))
+        main(["plan_benchmark", "--config", str(path), "--stage=pretrain", "--only=[ac_jepa]"])
+        plan_dir = out / "ac_jepa/seed0/plan"
+        assert (plan_dir / "results.json.stale").is_file() and not (plan_dir / "results.json").exists()
+        assert json.loads(summary_path.read_text())["global_step"] == 3
     finally:
         os.chdir(cwd)

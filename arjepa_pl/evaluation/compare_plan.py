@@ -299,8 +299,8 @@ def job_done(job: Job, steps: int) -> bool:
 def unfinished(directory: Path) -> RuntimeError:
     """The error of a job that exited without finishing (pre-empted: its SLURM job is being requeued);
     starting the comparison again resumes it."""
-    return RuntimeError(f"{directory} exited before finishing (pre-empted?); start the comparison again to resume "
-                        "it from its last checkpoint")
+    return RuntimeError(f"{directory} exited before finishing (pre-empted?); start the comparison (or benchmark) "
+                        "again to resume it from its last checkpoint")
 
 
 def command_line(command: list[str]) -> str:

@@ -41,7 +41,7 @@ class KVCache:
 
     Without autograd (generation, planning) the keys and values are written into buffers that double
     when full, so a step copies only its own tokens: concatenating the whole cache every step cost a
-    planner's rollouts of thousands of sequences half their time (O(steps^2) copies). With autograd
+    planner's rollouts of thousands of sequences a quarter of their time (O(steps^2) copies). With autograd
     (training through a rollout) each step concatenates, as autograd needs every step's tensors intact.
     """
 

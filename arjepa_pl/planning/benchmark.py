@@ -129,11 +129,8 @@ def benchmark(
             return train_command(by_name[job.run.objective], job.run)
         if job.run.objective in BASELINES:
             return plan_command(job.run, [f"--world_model={job.run.objective}"])
-        # The checkpoint is looked up when the job starts: its training has just finished.
+        # Looked up when the job starts, after its training (checked complete) has ended.
         checkpoint = find_resume_checkpoint([job.run.directory / "checkpoints"])
-        if checkpoint is None and not dry_run:
-            raise FileNotFoundError(f"{job.run.name}: no checkpoint in {job.run.directory / 'checkpoints'}: "
-                                    "train it first (--stage pretrain)")
         return plan_command(job.run, [f"--ckpt_path={checkpoint or job.run.directory / 'checkpoints/last.ckpt'}"])
 
     def plan_job(run: Run) -> list[Job]:
@@ -144,10 +141,19 @@ def benchmark(
             return []
         return [Job("plan", run, run.directory)]
 
+    untrained = [run.name for run in filter(selected, runs) if not is_complete(run.directory, "fit", steps)]
+    if stage == "plan" and untrained and not dry_run:
+        raise FileNotFoundError(f"not trained for {steps} steps yet: {', '.join(untrained)}; train them first "
+                                "(--stage pretrain or all)")
     jobs: list[Job] = []
     for run in filter(selected, runs):
-        if stage in ("all", "pretrain") and not is_complete(run.directory, "fit", steps):
+        if stage in ("all", "pretrain") and run.name in untrained:
             jobs.append(Job("pretrain", run, run.directory))
+            stale = run.directory / "plan" / RESULTS
+            if stale.is_file() and not dry_run:  # planned after an earlier, shorter training: plan again
+                stale.replace(stale.with_name(f"{RESULTS}.stale"))
+                print(f"[plan_benchmark] {run.name}: its planning results predate this training; kept as "
+                      f"{stale.name}.stale")
         else:
             if stage in ("all", "pretrain"):
                 print(f"[plan_benchmark] {run.name}: trained already ({run.directory / SUMMARY})")
