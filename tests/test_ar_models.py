@@ -168,6 +168,8 @@ def test_gpt_cached_chunks_equal_full_forward(grad):
     assert len(caches[0]) == 20 and all(p.requires_grad == grad for p in parts)
     if not grad:  # the buffers grew by doubling (7 -> 16 -> 40 tokens), not by one copy per step
         assert caches[0].k is not None and caches[0].k.size(2) == 40
+    with pytest.raises(ValueError, match="do not continue the cache"):  # another batch size
+        caches[0].extend(torch.zeros(1, 2, 1, 16), torch.zeros(1, 2, 1, 16))
 
 
 @pytest.mark.parametrize("temperature,top_k", [(0.0, None), (1.0, 5)])

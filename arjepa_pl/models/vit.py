@@ -58,6 +58,10 @@ class KVCache:
         end = self._length + k.size(2)
         if self.k is None or self.v is None:
             self.k, self.v = k, v
+        elif (k.shape[:2], k.shape[3], k.dtype) != (self.k.shape[:2], self.k.shape[3], self.k.dtype):
+            # What torch.cat would refuse, a buffer write might broadcast: refuse it here.
+            raise ValueError(f"keys {tuple(k.shape)} {k.dtype} do not continue the cache's "
+                             f"{tuple(self.k.shape)} {self.k.dtype}")
         elif torch.is_grad_enabled() and (k.requires_grad or self.k.requires_grad):
             self.k = torch.cat([self.k[:, :, :self._length], k], dim=2)
             self.v = torch.cat([self.v[:, :, :self._length], v], dim=2)
