@@ -143,7 +143,7 @@ def main() -> None:
         plan_key = "idle_estimate_minutes" if args.idle_gflops else "minutes"
         total = 3 * (sum(r[key] for r in trains.values()) + sum(r[plan_key] for r in plans.values()))
         # These readings use every thread; the benchmark's config runs two single-threaded commands at a
-        # time instead, which on 2 cores measured 34 min where this sum said more (small ops scale poorly).
+        # time instead (on 2 cores: 34 min measured under load 3-4.5, where this sum said 44 at load 1.5).
         print(f"planning benchmark (3 seeds x (2 trainings + 2 evaluations + random + oracle)), one command at a "
               f"time: about {total:.0f} min{' (idle estimate)' if args.idle_gflops else ' at this load'}, "
               "process start-ups excluded")

@@ -39,7 +39,7 @@ from arjepa_pl.evaluation.compare_plan import (
     with_seed,
 )
 from arjepa_pl.evaluation.report import fmt, mean_std
-from arjepa_pl.planning.plan import RESULTS, plan_arguments, success_by_room
+from arjepa_pl.planning.plan import RESULTS, plan_arguments
 
 BASELINES: tuple[Literal["random", "oracle"], ...] = ("random", "oracle")
 # Besides the encoder, data, steps and optimiser (arjepa_pl.evaluation.compare.MUST_MATCH), world models must share
@@ -189,8 +189,7 @@ def benchmark(
         if not results.is_file():
             raise FileNotFoundError(f"{run.name} has no planning results ({results}): run its stages first")
         trained = json.loads((run.directory / SUMMARY).read_text()) if run.objective not in BASELINES else {}
-        evaluation = json.loads(results.read_text())
-        rows.append(result_row(run, {**evaluation["summary"], **success_by_room(evaluation["episodes"])}, trained))
+        rows.append(result_row(run, json.loads(results.read_text())["summary"], trained))
     return write_benchmark_report(rows, out, steps, wandb_project)
 
 
