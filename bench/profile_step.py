@@ -2,7 +2,10 @@
 profiler, as a table of regions (and a Chrome / Perfetto trace with --trace).
 
     python bench/profile_step.py [--objectives vjepa ar_video] [--steps 4] [--warmup 2] [--threads N]
-                                 [--device cpu|cuda] [--bf16] [--compile] [--trace DIR]
+                                 [--device cpu|cuda] [--bf16] [--compile] [--trace DIR] [--base COMMIT]
+
+--base profiles the library as it was at a git commit (this checkout's bench code), for a before /
+after pair of tables.
 
 Regions: the networks' forward passes (encoder, target encoder, predictor, head) are labelled by
 forward hooks that exist only while this script profiles; their backward passes are attributed through
@@ -19,7 +22,10 @@ device column there) and, on CUDA, the device (kernel) ms per step.
 
 import argparse
 import contextlib
+import os
+import subprocess
 import sys
+import tempfile
 import time
 from collections import defaultdict
 from pathlib import Path
@@ -29,7 +35,9 @@ import torch
 from torch import nn
 from torch.profiler import ProfilerActivity, profile
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `python bench/profile_step.py` from anywhere
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:  # `python bench/profile_step.py` from anywhere; a --base run puts its library first
+    sys.path.insert(0, str(REPO))
 
 from arjepa_pl.parallel import parallelize  # noqa: E402
 from bench.train_step import (  # noqa: E402
@@ -204,7 +212,21 @@ def main() -> None:
     parser.add_argument("--bf16", action="store_true", help="bf16 autocast (as precision: bf16-mixed)")
     parser.add_argument("--compile", action="store_true", help="compiled blocks (as compile: true)")
     parser.add_argument("--trace", help="directory for a Chrome / Perfetto trace of each objective")
+    parser.add_argument("--base", help="profile the library (arjepa_pl, data_modules) of this git commit instead")
     args = parser.parse_args()
+    if args.base:
+        from bench.compare_steps import extract
+
+        with tempfile.TemporaryDirectory() as tmp:
+            library = extract(args.base, Path(tmp))
+            print(f"library of {args.base}", flush=True)
+            argv, skip = [], False
+            for arg in sys.argv[1:]:  # the same arguments without --base
+                if not skip and not arg.startswith("--base"):
+                    argv.append(arg)
+                skip = arg == "--base"
+            env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(library), str(REPO)])}
+            sys.exit(subprocess.run([sys.executable, __file__, *argv], env=env).returncode)
     if args.threads:
         torch.set_num_threads(args.threads)
     for objective in args.objectives:
