@@ -1,29 +1,48 @@
-"""GPU check: V-JEPA ViT-L/16 training steps in bf16 on one CUDA device.
+"""GPU check: V-JEPA and autoregressive video (ARVideo) training steps at ViT-L/16, 16 x 224^2, in bf16
+on one CUDA device, and the largest batch that fits.
 
-Times eager vs torch.compile'd blocks, each with and without per-block activation checkpointing,
-and FSDP2 (fully_shard per block, bf16 all-gathers) on a single-rank process group with the EMA
-teacher sharded like the student, alone and with compile + checkpointing (configs/trainer/fsdp2.yaml). Reports step time, clips/s, peak memory and MFU (FLOPs counted by torch.utils.flop_counter,
-peak bf16 FLOP/s from a table of common GPUs). Results are printed and appended as JSON lines to
---out. Parallelism and checkpointing are applied from outside by arjepa_pl.parallel.parallelize, as in
-training: the model code knows nothing of them.
+Modes (--only, for each of --objectives): eager vs torch.compile'd blocks, each with and without
+per-block activation checkpointing, and FSDP2 (fully_shard per block, bf16 all-gathers) on a
+single-rank process group (V-JEPA's EMA teacher sharded like the student), alone and with compile +
+checkpointing (configs/trainer/fsdp2.yaml). Reports step time, clips/s, peak memory and MFU (FLOPs
+counted by torch.utils.flop_counter, peak bf16 FLOP/s from a table of common GPUs). Parallelism and
+checkpointing are applied from outside by arjepa_pl.parallel.parallelize, as in training: the model
+code knows nothing of them.
 
-    python bench/gpu_check.py --out results.jsonl [--batch 24] [--steps 10] [--only eager,compile,...]
+--max-batch large,huge: for each ViT preset and objective, with and without activation checkpointing,
+the largest batch that trains (two eager steps without running out of memory; doubling from --batch,
+then bisection to a multiple of 8, at most --max-batch-limit) with its clips/s and peak memory: the
+numbers behind a config's batch size.
+
+Every result is printed and appended as a JSON line to --out.
+
+    python bench/gpu_check.py --out results.jsonl [--objectives vjepa ar_video] [--batch 24] [--steps 10]
+                              [--only eager,compile,...] [--max-batch large,huge] [--max-batch-limit 512]
 """
 
 import argparse
+import gc
 import json
 import os
+import sys
 import time
+from pathlib import Path
+from typing import Callable, Optional
 
 import torch
 from torch.distributed.device_mesh import init_device_mesh
 from torch.utils.flop_counter import FlopCounterMode
 
-from arjepa_pl.callbacks.performance import peak_tflops
-from arjepa_pl.models import VisionTransformer
-from arjepa_pl.objectives import VJEPA
-from arjepa_pl.parallel import co_sharded, fsdp_mixed_precision, parallelize
-from bench.train_step import bench_batches, make_step, time_steps
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:  # `python bench/gpu_check.py` from anywhere
+    sys.path.insert(0, str(REPO))
+
+from arjepa_pl.callbacks.performance import peak_tflops  # noqa: E402
+from arjepa_pl.models import VIT_PRESETS, VisionTransformer  # noqa: E402
+from arjepa_pl.objectives import VJEPA  # noqa: E402
+from arjepa_pl.objectives.ar_video import ARVideo  # noqa: E402
+from arjepa_pl.parallel import co_sharded, fsdp_mixed_precision, parallelize  # noqa: E402
+from bench.train_step import bench_batches, make_step, time_steps  # noqa: E402
 
 
 def peak_flops(name: str) -> float | None:
@@ -32,14 +51,26 @@ def peak_flops(name: str) -> float | None:
     return None if tflops is None else tflops * 1e12
 
 
-def vitl_vjepa(device: str, tiny: bool = False) -> VJEPA:
-    """V-JEPA ViT-L/16 as in the paper; `tiny` is a 2-layer stand-in to smoke-test this script on a CPU."""
+OBJECTIVES = ("vjepa", "ar_video")
+# Modes: what parallelize() is asked for. fsdp2_compile_ac is configs/trainer/fsdp2.yaml.
+MODES = {"eager": {}, "eager_ac": {"ac": True}, "compile": {"compiled": True},
+         "compile_ac": {"compiled": True, "ac": True}, "fsdp2": {"fsdp": True},
+         "fsdp2_compile_ac": {"fsdp": True, "compiled": True, "ac": True}}
+
+
+def build_model(objective: str, device: str, preset: str = "large", tiny: bool = False) -> torch.nn.Module:
+    """V-JEPA (predictor 384 d x 12, as in the paper) or ARVideo on a ViT-`preset`/16 encoder; `tiny` is a
+    2-layer stand-in to smoke-test this script on a CPU."""
     if tiny:
         encoder = VisionTransformer(embed_dim=64, depth=2, num_heads=4, patch_size=16, tubelet_size=2)
-        return VJEPA(encoder, predictor_embed_dim=32, predictor_depth=1, total_steps=100).to(device)
-    encoder = VisionTransformer("large", patch_size=16, tubelet_size=2)
-    return VJEPA(encoder, predictor_embed_dim=384, predictor_depth=12, predictor_num_heads=16,
-                 total_steps=90000).to(device)
+    else:
+        encoder = VisionTransformer(preset, patch_size=16, tubelet_size=2)
+    if objective == "vjepa":
+        if tiny:
+            return VJEPA(encoder, predictor_embed_dim=32, predictor_depth=1, total_steps=100).to(device)
+        return VJEPA(encoder, predictor_embed_dim=384, predictor_depth=12, predictor_num_heads=16,
+                     total_steps=90000).to(device)
+    return ARVideo(encoder, total_steps=90000).to(device)
 
 
 def count_flops(step, batch: dict) -> float:
@@ -48,13 +79,15 @@ def count_flops(step, batch: dict) -> float:
     return float(counter.get_total_flops())
 
 
-def run(name: str, args, fsdp: bool = False, ac: bool = False, compiled: bool = False) -> dict:
+def run(objective: str, name: str, args, batch: int, preset: str = "large", fsdp: bool = False, ac: bool = False,
+        compiled: bool = False, steps: Optional[int] = None, warmup: Optional[int] = None,
+        flops: bool = True) -> dict:
     torch.manual_seed(0)
     cuda = args.device == "cuda"
     if cuda:
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats()
-    model = vitl_vjepa(args.device, args.tiny)
+    model = build_model(objective, args.device, preset, args.tiny)
     # What ScheduledModule.configure_model does under the trainer (there with the strategy's mesh):
     # per-block activation checkpointing, compile, FSDP2 with bf16 all-gathers and the teacher
     # sharded exactly like the student.
@@ -63,61 +96,138 @@ def run(name: str, args, fsdp: bool = False, ac: bool = False, compiled: bool = 
                 mp_policy=fsdp_mixed_precision("bf16-mixed") if fsdp else None)
     optimizer = model.configure_optimizers()
     step = make_step(model, optimizer, autocast_dtype=torch.bfloat16)
-    batches = bench_batches(args.warmup + args.steps, batch=args.batch, frames=16, size=args.size, patch=16,
-                            tubelet=2, device=args.device, distinct=2)
+    steps, warmup = steps or args.steps, args.warmup if warmup is None else warmup
+    batches = bench_batches(warmup + steps, batch=batch, frames=16, size=args.size, patch=16, tubelet=2,
+                            device=args.device, distinct=2, masks=objective == "vjepa")
     t0 = time.perf_counter()
-    rate, loss = time_steps(step, batches, args.warmup)
-    flops = count_flops(step, batches[-1]) if not compiled else None
-    result = {"name": name, "batch": args.batch, "steps_per_s": rate, "ms_per_step": 1000 / rate,
-              "clips_per_s": rate * args.batch, "loss": loss, "wall_s": time.perf_counter() - t0,
-              "flops_per_step": flops}
+    rate, loss = time_steps(step, batches, warmup)
+    result = {"name": name, "objective": objective, "preset": "tiny" if args.tiny else preset, "batch": batch,
+              "steps_per_s": rate, "ms_per_step": 1000 / rate, "clips_per_s": rate * batch, "loss": loss,
+              "wall_s": time.perf_counter() - t0, "flops_per_step": None}
+    if flops and not compiled:
+        try:  # a counter that cannot see an op (a compiled kernel) must not cost the timing
+            result["flops_per_step"] = count_flops(step, batches[-1])
+        except Exception as e:
+            result["flops_error"] = f"{type(e).__name__}: {e}"[:500]
     if cuda:
         result["peak_mem_gib"] = torch.cuda.max_memory_allocated() / 2**30
-    if fsdp:
+    if fsdp and objective == "vjepa":
         result["teacher_sharded_like_student"] = co_sharded(model.encoder, model.target_encoder)
     return result
+
+
+def largest_batch(fits: Callable[[int], bool], start: int, limit: int, multiple: int = 8) -> Optional[int]:
+    """The largest batch b <= limit for which fits(b), assuming that what fits a batch fits every smaller
+    one: doubling from `start`, then bisection down to a multiple of `multiple`. None if `start` does
+    not fit. Every batch is tried at most once."""
+    if start > limit or not fits(start):
+        return None
+    good, bad = start, None
+    while bad is None and good < limit:
+        trial = min(2 * good, limit)
+        if fits(trial):
+            good = trial
+        else:
+            bad = trial
+    while bad is not None and bad - good > multiple:
+        trial = (good + bad) // 2 // multiple * multiple
+        if trial <= good:
+            break
+        if fits(trial):
+            good = trial
+        else:
+            bad = trial
+    return good
+
+
+def fitting_run(objective: str, preset: str, ac: bool, batch: int, args) -> Optional[dict]:
+    """Two eager steps at `batch` (one to allocate the optimizer state, one timed); None when the device
+    runs out of memory."""
+    try:
+        return run(objective, "max_batch", args, batch, preset, ac=ac, steps=1, warmup=1, flops=False)
+    except torch.OutOfMemoryError:
+        return None
+    finally:
+        gc.collect()  # the failed step's tensors, held by the traceback until now
+        if args.device == "cuda":
+            torch.cuda.empty_cache()
+
+
+def max_batch(objective: str, preset: str, ac: bool, args) -> dict:
+    tried: dict[int, Optional[dict]] = {}
+
+    def fits(batch: int) -> bool:
+        tried[batch] = fitting_run(objective, preset, ac, batch, args)
+        print(f"  {objective} ViT-{preset} ac={ac} batch {batch}: {'fits' if tried[batch] else 'out of memory'}",
+              flush=True)
+        return tried[batch] is not None
+
+    best = largest_batch(fits, args.batch, args.max_batch_limit)
+    result = {"name": "max_batch", "objective": objective, "preset": "tiny" if args.tiny else preset,
+              "activation_checkpointing": ac,
+              "largest_batch": best, "tried": sorted(tried), "limit": args.max_batch_limit}
+    if best is not None:
+        result.update({k: tried[best][k] for k in ("clips_per_s", "ms_per_step", "peak_mem_gib") if k in tried[best]})
+    return result
+
+
+def record(result: dict, path: str) -> None:
+    print(json.dumps(result), flush=True)
+    with open(path, "a") as f:
+        f.write(json.dumps(result) + "\n")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", default="gpu_check.jsonl")
+    parser.add_argument("--objectives", nargs="+", choices=OBJECTIVES, default=list(OBJECTIVES))
     parser.add_argument("--batch", type=int, default=24)
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--warmup", type=int, default=3)
-    parser.add_argument("--only", default="eager,eager_ac,fsdp2,compile,compile_ac,fsdp2_compile_ac")
+    parser.add_argument("--only", default=",".join(MODES), help=f"modes, comma-separated, of {', '.join(MODES)}; "
+                        "'' for none")
+    parser.add_argument("--max-batch", default="", help="ViT presets whose largest batch to find, e.g. large,huge")
+    parser.add_argument("--max-batch-limit", type=int, default=512)
     parser.add_argument("--device", default="cuda")
     parser.add_argument("--size", type=int, default=224)
     parser.add_argument("--tiny", action="store_true", help="2-layer model: smoke-test the script on a CPU")
     args = parser.parse_args()
+    modes = [m for m in args.only.split(",") if m]
+    presets = [p for p in args.max_batch.split(",") if p]
+    unknown = [m for m in modes if m not in MODES] + [p for p in presets if p not in VIT_PRESETS]
+    if unknown:  # before any model is built
+        parser.error(f"unknown mode or preset {unknown}: modes are {list(MODES)}, presets {list(VIT_PRESETS)}")
     torch.backends.cuda.matmul.allow_tf32 = True
     name = torch.cuda.get_device_name() if args.device == "cuda" else args.device
     env = {"name": "env", "device": name, "torch": torch.__version__, "cuda": torch.version.cuda,
            "peak_bf16_tflops": (peak_flops(name) or 0) / 1e12}
-    print(json.dumps(env), flush=True)
-    with open(args.out, "a") as f:
-        f.write(json.dumps(env) + "\n")
-    runs = {"eager": {}, "eager_ac": {"ac": True}, "compile": {"compiled": True},
-            "compile_ac": {"compiled": True, "ac": True}, "fsdp2": {"fsdp": True},
-            "fsdp2_compile_ac": {"fsdp": True, "compiled": True, "ac": True}}  # configs/trainer/fsdp2.yaml
-    flops = None
-    for key in args.only.split(","):
-        if key.startswith("fsdp2") and not torch.distributed.is_initialized():
-            os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
-            os.environ.setdefault("MASTER_PORT", "29512")
-            backend = "nccl" if args.device == "cuda" else "gloo"
-            torch.distributed.init_process_group(backend, rank=0, world_size=1)
-        try:
-            result = run(key, args, **runs[key])
-        except Exception as e:  # report and go on: one failing mode must not hide the others
-            result = {"name": key, "error": f"{type(e).__name__}: {e}"[:2000]}
-        if not runs[key].get("ac"):  # with checkpointing the counter also sees the recomputation
-            flops = result.get("flops_per_step") or flops
-        if flops and "steps_per_s" in result and env["peak_bf16_tflops"]:
-            # Recomputation (AC) is extra work, not useful FLOPs: MFU counts the model's FLOPs only.
-            result["mfu"] = flops * result["steps_per_s"] / (env["peak_bf16_tflops"] * 1e12)
-        print(json.dumps(result), flush=True)
-        with open(args.out, "a") as f:
-            f.write(json.dumps(result) + "\n")
+    record(env, args.out)
+    if any(m.startswith("fsdp2") for m in modes):
+        os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
+        os.environ.setdefault("MASTER_PORT", "29512")
+        torch.distributed.init_process_group("nccl" if args.device == "cuda" else "gloo", rank=0, world_size=1)
+    for objective in args.objectives:
+        flops = None
+        for mode in modes:
+            try:
+                result = run(objective, mode, args, args.batch, **MODES[mode])
+            except Exception as e:  # report and go on: one failing mode must not hide the others
+                result = {"name": mode, "objective": objective, "error": f"{type(e).__name__}: {e}"[:2000]}
+            if not MODES[mode].get("ac"):  # with checkpointing the counter also sees the recomputation
+                flops = result.get("flops_per_step") or flops
+            if flops and "steps_per_s" in result and env["peak_bf16_tflops"]:
+                # Recomputation (AC) is extra work, not useful FLOPs: MFU counts the model's FLOPs only.
+                result["mfu"] = flops * result["steps_per_s"] / (env["peak_bf16_tflops"] * 1e12)
+            record(result, args.out)
+    for preset in presets:
+        for objective in args.objectives:
+            for ac in (False, True):
+                try:
+                    result = max_batch(objective, preset, ac, args)
+                except Exception as e:
+                    result = {"name": "max_batch", "objective": objective, "preset": preset,
+                              "activation_checkpointing": ac, "error": f"{type(e).__name__}: {e}"[:2000]}
+                record(result, args.out)
     if torch.distributed.is_initialized():
         torch.distributed.destroy_process_group()
 

@@ -1,10 +1,30 @@
 #!/usr/bin/env bash
-# One script for a GPU machine (~10 minutes at most): V-JEPA ViT-L/16 bf16 steps eager / compiled,
-# with and without activation checkpointing, and FSDP2 on one GPU. Writes results to ${OUT:-.}.
+# One script for a GPU machine. Parts, in order of what they are worth (each one command; name some
+# to run only those, e.g. `bash bench/gpu_check.sh modes`):
+#   modes      V-JEPA and AR video at ViT-L/16, 16 x 224^2, batch 24, bf16: eager / compiled, with and
+#              without activation checkpointing, FSDP2 on one GPU (~4 min on an H100)
+#   profile    the per-region table of both steps at the same shapes, compiled, bf16 (~2 min)
+#   max_batch  the largest batch that fits: V-JEPA at ViT-L and ViT-H, AR video at ViT-L, with and
+#              without activation checkpointing (~4 min)
+# Results (JSON lines, logs) go to ${OUT:-.}; each part has a time limit so one stuck part cannot
+# take the others' time.
 set -uo pipefail
 cd "$(dirname "$0")/.."
-out="${OUT:-.}/gpu_check.jsonl"
+dir="${OUT:-.}"
+out="$dir/gpu_check.jsonl"
+parts=("$@")
+[ ${#parts[@]} -eq 0 ] && parts=(modes profile max_batch)
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
 python3 -c "import torch, lightning; print('torch', torch.__version__, 'lightning', lightning.__version__)"
-python3 bench/gpu_check.py --out "$out" "$@" 2>&1 | tee "${OUT:-.}/gpu_check.log"
+for part in "${parts[@]}"; do
+  echo "== $part $(date +%T)"
+  case "$part" in
+    modes) timeout 330 python3 bench/gpu_check.py --out "$out" --objectives vjepa ar_video ;;
+    profile) timeout 180 python3 bench/profile_step.py --device cuda --bf16 --compile --preset large --steps 4 \
+               --trace "$dir/traces" ;;
+    max_batch) timeout 150 python3 bench/gpu_check.py --out "$out" --only "" --objectives vjepa --max-batch large,huge
+               timeout 120 python3 bench/gpu_check.py --out "$out" --only "" --objectives ar_video --max-batch large ;;
+    *) echo "unknown part $part (modes, profile, max_batch)"; exit 2 ;;
+  esac
+done 2>&1 | tee -a "$dir/gpu_check.log"

@@ -3,6 +3,10 @@ profiler, as a table of regions (and a Chrome / Perfetto trace with --trace).
 
     python bench/profile_step.py [--objectives vjepa ar_video] [--steps 4] [--warmup 2] [--threads N]
                                  [--device cpu|cuda] [--bf16] [--compile] [--trace DIR] [--base COMMIT]
+                                 [--preset large --batch 24]
+
+--preset profiles bench/gpu_check.py's model at its shapes (a ViT preset, 16 x 224^2, patch 16) instead
+of the bench shape: the GPU's table.
 
 --base profiles the library as it was at a git commit (this checkout's bench code), for a before /
 after pair of tables.
@@ -173,11 +177,17 @@ def print_table(title: str, rows: list[tuple[str, float, float]], step_ms: float
 
 
 def profile_objective(objective: str, args) -> None:
-    model = build(objective, args.device)
+    if args.preset:  # the GPU check's model and shapes (16 x 224^2, patch 16)
+        from bench.gpu_check import build_model
+
+        torch.manual_seed(0)
+        model, batch, frames, size, patch = build_model(objective, args.device, args.preset), args.batch, 16, 224, 16
+    else:
+        model, batch, frames, size, patch = build(objective, args.device), BATCH, FRAMES, SIZE, PATCH
     if args.compile:
         parallelize(model, compile=True)
-    batches = bench_batches(args.warmup + args.steps, BATCH, FRAMES, SIZE, PATCH, TUBELET, args.device,
-                            masks=objective == "vjepa")
+    batches = bench_batches(args.warmup + args.steps, batch, frames, size, patch, TUBELET, args.device,
+                            distinct=2, masks=objective == "vjepa")
     step = make_step(model, model.configure_optimizers(), torch.bfloat16 if args.bf16 else None)
     cuda = args.device.startswith("cuda")
     for i in range(args.warmup):
@@ -193,7 +203,8 @@ def profile_objective(objective: str, args) -> None:
             torch.cuda.synchronize()
         wall = (time.perf_counter() - start) / args.steps * 1e3
     mode = ("bf16" if args.bf16 else "fp32") + (", compiled blocks" if args.compile else "")
-    print_table(f"{objective}: {args.device}, {torch.get_num_threads()} threads, {mode}, batch {BATCH}, "
+    shape = f"ViT-{args.preset}/16, {frames} x {size}^2" if args.preset else "bench shape"
+    print_table(f"{objective}: {shape}, {args.device}, {torch.get_num_threads()} threads, {mode}, batch {batch}, "
                 f"mean of {args.steps} profiled steps", region_table(prof.events(), args.steps, cuda), wall, cuda)
     if args.trace:
         Path(args.trace).mkdir(parents=True, exist_ok=True)
@@ -212,6 +223,9 @@ def main() -> None:
     parser.add_argument("--bf16", action="store_true", help="bf16 autocast (as precision: bf16-mixed)")
     parser.add_argument("--compile", action="store_true", help="compiled blocks (as compile: true)")
     parser.add_argument("--trace", help="directory for a Chrome / Perfetto trace of each objective")
+    parser.add_argument("--preset", help="profile bench/gpu_check.py's model instead: a ViT preset (large, huge) "
+                        "at 16 x 224^2, patch 16")
+    parser.add_argument("--batch", type=int, default=24, help="clips per step with --preset")
     parser.add_argument("--base", help="profile the library (arjepa_pl, data_modules) of this git commit instead")
     args = parser.parse_args()
     if args.base:

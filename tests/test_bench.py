@@ -1,0 +1,56 @@
+"""The benchmark scripts a lent GPU runs (bench/gpu_check.py, bench/profile_step.py) work before the GPU
+time is spent: their logic here, a tiny model through every CPU-capable path in a subprocess."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from bench.gpu_check import largest_batch
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_largest_batch_doubles_then_bisects_to_a_multiple_of_8():
+    tried = []
+
+    def fits(batch):
+        tried.append(batch)
+        return batch <= 100
+
+    assert largest_batch(fits, start=24, limit=512) == 96
+    assert tried[:4] == [24, 48, 96, 192] and len(tried) == len(set(tried))  # each batch once
+    assert all(b % 8 == 0 for b in tried)
+
+
+def test_largest_batch_stops_at_the_limit_and_reports_when_nothing_fits():
+    assert largest_batch(lambda b: True, start=24, limit=300) == 300
+    assert largest_batch(lambda b: b < 24, start=24, limit=512) is None
+    assert largest_batch(lambda b: True, start=32, limit=16) is None
+    # A batch between two tries that is not a multiple of 8 is never tried.
+    assert largest_batch(lambda b: b <= 60, start=24, limit=512) == 56
+
+
+def test_gpu_check_runs_every_cpu_path_on_a_tiny_model(tmp_path):
+    """Both objectives eager and under FSDP2 (gloo, one rank), the MFU inputs, and the batch search."""
+    out = tmp_path / "check.jsonl"
+    done = subprocess.run([sys.executable, "bench/gpu_check.py", "--tiny", "--device", "cpu", "--size", "64",
+                           "--batch", "2", "--steps", "1", "--warmup", "1", "--only", "eager,fsdp2",
+                           "--max-batch", "large", "--max-batch-limit", "4", "--out", str(out)],
+                          cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    lines = [json.loads(line) for line in out.read_text().splitlines()]
+    assert lines[0]["name"] == "env" and not [r for r in lines if "error" in r], lines
+    runs = {(r["objective"], r["name"]): r for r in lines[1:]}
+    for objective in ("vjepa", "ar_video"):
+        assert runs[objective, "eager"]["flops_per_step"] > 0 and runs[objective, "fsdp2"]["steps_per_s"] > 0
+    assert runs["vjepa", "fsdp2"]["teacher_sharded_like_student"] is True
+    searches = [r for r in lines if r["name"] == "max_batch"]
+    assert len(searches) == 4 and all(r["largest_batch"] == 4 and r["tried"] == [2, 4] for r in searches)
+
+
+def test_gpu_check_refuses_an_unknown_mode_before_building_anything(tmp_path):
+    done = subprocess.run([sys.executable, "bench/gpu_check.py", "--tiny", "--device", "cpu", "--only", "eagr",
+                           "--out", str(tmp_path / "x.jsonl")], cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2 and "unknown mode or preset ['eagr']" in done.stderr
+    assert not (tmp_path / "x.jsonl").exists()
