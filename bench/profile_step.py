@@ -17,7 +17,7 @@ the autograd sequence numbers that link every backward node to the forward op th
 step's phases (data to device, loss, backward, gradient clipping, optimizer, EMA) are the
 `region()` labels of bench/train_step.py, which cost nothing when no profiler runs. "mask
 gather/scatter" counts the token gathers and their backward scatters wherever they run (they are
-also inside the rows above); "host syncs" counts the operations that make the host wait for the
+also inside the rows above); "host syncs" (CUDA) counts the operations that make the host wait for the
 device (.item(), blocking copies, stream synchronisations).
 
 Columns: wall ms per step of each region (host time; on a GPU the host runs ahead, so read the
@@ -143,7 +143,7 @@ def region_table(events, steps: int, cuda: bool) -> list[tuple[str, float, float
         if e.name.startswith(GATHER_OPS):
             gather_host += e.self_cpu_time_total
             gather_dev += self_dev
-        if e.name in SYNC_OPS:
+        if cuda and e.name in SYNC_OPS:  # on the CPU an .item() waits for nothing (fused AdamW reads its steps so)
             syncs += 1
             sync_host += e.cpu_time_total
         if not self_dev:
@@ -163,7 +163,8 @@ def region_table(events, steps: int, cuda: bool) -> list[tuple[str, float, float
     rows = [(n if not n.startswith("forward + loss") else "forward: loss, glue", host[n] / 1e3 / steps,
              device[n] / 1e3 / steps) for n in names]
     rows.append(("of which mask gather/scatter", gather_host / 1e3 / steps, gather_dev / 1e3 / steps))
-    rows.append((f"host syncs ({syncs / steps:.0f} per step)", sync_host / 1e3 / steps, 0.0))
+    if cuda:
+        rows.append((f"host syncs ({syncs / steps:.0f} per step)", sync_host / 1e3 / steps, 0.0))
     return rows
 
 
