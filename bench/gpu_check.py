@@ -24,6 +24,7 @@ import argparse
 import gc
 import json
 import os
+import socket
 import sys
 import time
 from pathlib import Path
@@ -58,17 +59,21 @@ MODES = {"eager": {}, "eager_ac": {"ac": True}, "compile": {"compiled": True},
          "fsdp2_compile_ac": {"fsdp": True, "compiled": True, "ac": True}}
 
 
-def build_model(objective: str, device: str, preset: str = "large", tiny: bool = False) -> torch.nn.Module:
+def build_model(objective: str, device: str, preset: str = "large", tiny: bool = False,
+                width: Optional[int] = None) -> torch.nn.Module:
     """V-JEPA (predictor 384 d x 12, as in the paper) or ARVideo on a ViT-`preset`/16 encoder; `tiny` is a
-    2-layer stand-in to smoke-test this script on a CPU."""
+    2-layer stand-in to smoke-test this script on a CPU; `width` keeps the preset's layout (its blocks and
+    parameter tensors) at that width with 2 heads, predictor included (bench/host_overhead.py)."""
     if tiny:
         encoder = VisionTransformer(embed_dim=64, depth=2, num_heads=4, patch_size=16, tubelet_size=2)
     else:
-        encoder = VisionTransformer(preset, patch_size=16, tubelet_size=2)
+        narrow = {} if width is None else {"embed_dim": width, "num_heads": 2}
+        encoder = VisionTransformer(preset, patch_size=16, tubelet_size=2, **narrow)
     if objective == "vjepa":
         if tiny:
             return VJEPA(encoder, predictor_embed_dim=32, predictor_depth=1, total_steps=100).to(device)
-        return VJEPA(encoder, predictor_embed_dim=384, predictor_depth=12, predictor_num_heads=16,
+        predictor_width, heads = (384, 16) if width is None else (width, 2)
+        return VJEPA(encoder, predictor_embed_dim=predictor_width, predictor_depth=12, predictor_num_heads=heads,
                      total_steps=90000).to(device)
     return ARVideo(encoder, total_steps=90000).to(device)
 
@@ -87,7 +92,7 @@ def run(objective: str, name: str, args, batch: int, preset: str = "large", fsdp
     if cuda:
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats()
-    model = build_model(objective, args.device, preset, args.tiny)
+    model = build_model(objective, args.device, preset, args.tiny, getattr(args, "width", None))
     # What ScheduledModule.configure_model does under the trainer (there with the strategy's mesh):
     # per-block activation checkpointing, compile, FSDP2 with bf16 all-gathers and the teacher
     # sharded exactly like the student.
@@ -171,6 +176,17 @@ def max_batch(objective: str, preset: str, ac: bool, args) -> dict:
     return result
 
 
+def single_process_group(backend: str) -> None:
+    """A process group of this process alone (FSDP2 on one device), on a free local port unless
+    MASTER_PORT says which."""
+    os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
+    if "MASTER_PORT" not in os.environ:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            os.environ["MASTER_PORT"] = str(s.getsockname()[1])
+    torch.distributed.init_process_group(backend, rank=0, world_size=1)
+
+
 def record(result: dict, path: str) -> None:
     print(json.dumps(result), flush=True)
     with open(path, "a") as f:
@@ -203,9 +219,7 @@ def main() -> None:
            "peak_bf16_tflops": (peak_flops(name) or 0) / 1e12}
     record(env, args.out)
     if any(m.startswith("fsdp2") for m in modes):
-        os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
-        os.environ.setdefault("MASTER_PORT", "29512")
-        torch.distributed.init_process_group("nccl" if args.device == "cuda" else "gloo", rank=0, world_size=1)
+        single_process_group("nccl" if args.device == "cuda" else "gloo")
     for objective in args.objectives:
         flops = None
         for mode in modes:

@@ -6,6 +6,8 @@
 #   profile    the per-region table of both steps at the same shapes, compiled, bf16 (~2 min)
 #   max_batch  the largest batch that fits: V-JEPA at ViT-L and ViT-H, AR video at ViT-L, with and
 #              without activation checkpointing (~4 min)
+#   large_batch  compile + checkpointing with and without FSDP2 at batch ${LARGE_BATCH:-96}, where the
+#              GPU's work per step outgrows the host's (bench/host_overhead.py) (~4 min)
 # Results (JSON lines, logs) go to ${OUT:-.}; each part has a time limit so one stuck part cannot
 # take the others' time.
 set -uo pipefail
@@ -13,7 +15,7 @@ cd "$(dirname "$0")/.."
 dir="${OUT:-.}"
 out="$dir/gpu_check.jsonl"
 parts=("$@")
-[ ${#parts[@]} -eq 0 ] && parts=(modes profile max_batch)
+[ ${#parts[@]} -eq 0 ] && parts=(modes profile max_batch large_batch)
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
 python3 -c "import torch, lightning; print('torch', torch.__version__, 'lightning', lightning.__version__)"
@@ -25,6 +27,8 @@ for part in "${parts[@]}"; do
                --trace "$dir/traces" ;;
     max_batch) timeout 150 python3 bench/gpu_check.py --out "$out" --only "" --objectives vjepa --max-batch large,huge
                timeout 120 python3 bench/gpu_check.py --out "$out" --only "" --objectives ar_video --max-batch large ;;
-    *) echo "unknown part $part (modes, profile, max_batch)"; exit 2 ;;
+    large_batch) timeout 300 python3 bench/gpu_check.py --out "$out" --objectives vjepa ar_video \
+                   --only compile_ac,fsdp2_compile_ac --batch "${LARGE_BATCH:-96}" ;;
+    *) echo "unknown part $part (modes, profile, max_batch, large_batch)"; exit 2 ;;
   esac
 done 2>&1 | tee -a "$dir/gpu_check.log"

@@ -54,3 +54,12 @@ def test_gpu_check_refuses_an_unknown_mode_before_building_anything(tmp_path):
                            "--out", str(tmp_path / "x.jsonl")], cwd=REPO, capture_output=True, text=True, timeout=60)
     assert done.returncode == 2 and "unknown mode or preset ['eagr']" in done.stderr
     assert not (tmp_path / "x.jsonl").exists()
+
+
+def test_host_overhead_times_each_mode_against_eager():
+    done = subprocess.run([sys.executable, "bench/host_overhead.py", "--objectives", "ar_video", "--modes", "eager",
+                           "fsdp2", "--steps", "1", "--warmup", "1"], cwd=REPO, capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0, done.stderr[-3000:]
+    rows = [line.split() for line in done.stdout.splitlines() if line.strip().startswith("ar_video")]
+    assert [r[1] for r in rows] == ["eager", "fsdp2"] and float(rows[0][2]) > 0 and rows[1][-1] == "ms"
