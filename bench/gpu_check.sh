@@ -23,7 +23,7 @@ for part in "${parts[@]}"; do
   echo "== $part $(date +%T)"
   case "$part" in
     modes) timeout 330 python3 bench/gpu_check.py --out "$out" --objectives vjepa ar_video ;;
-    profile) timeout 180 python3 bench/profile_step.py --device cuda --bf16 --compile --preset large --steps 4 \
+    profile) timeout 180 python3 bench/profile_step.py --device cuda --bf16 --compile --preset large --warmup 6 --steps 4 \
                --trace "$dir/traces" ;;
     max_batch) timeout 150 python3 bench/gpu_check.py --out "$out" --only "" --objectives vjepa --max-batch large,huge
                timeout 120 python3 bench/gpu_check.py --out "$out" --only "" --objectives ar_video --max-batch large ;;
