@@ -16,7 +16,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from arjepa_pl.callbacks import GradNormMonitor, MediaLogger, PerformanceMonitor
 from arjepa_pl.callbacks.grad_norm import total_grad_norm
 from arjepa_pl.pictures import STRIPE_RGB, mask_pictures
-from arjepa_pl.callbacks.performance import _CPU_ATTENTION, compute_dtype, peak_tflops
+from arjepa_pl.callbacks.performance import CPU_ATTENTION_FLOPS, compute_dtype, peak_tflops
 from arjepa_pl.cli import ArJepaCLI
 
 REPO = Path(__file__).resolve().parents[1]
@@ -112,7 +112,7 @@ def test_grad_norm_is_the_norm_clip_grad_norm_sees():
 
 def test_attention_flops_are_counted_on_cpu():
     q, k, v = (torch.randn(2, 3, 16, 8, requires_grad=True) for _ in range(3))
-    with FlopCounterMode(display=False, custom_mapping=_CPU_ATTENTION) as counter:
+    with FlopCounterMode(display=False, custom_mapping=CPU_ATTENTION_FLOPS) as counter:
         F.scaled_dot_product_attention(q, k, v).sum().backward()
     forward = 2 * (2 * 2 * 3 * 16 * 16 * 8)  # QK^T and PV, 2 FLOPs per multiply-add
     # Backward as torch counts the CUDA kernels: the scores recomputed, then four products.

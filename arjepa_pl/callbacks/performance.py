@@ -73,9 +73,9 @@ def _attention_backward_flops(grad_out, query, key, value, *args, out_shape=None
 
 # torch's counter knows the CUDA attention kernels but not the CPU one, which ViTs use on a laptop:
 # count it with torch's own formulas.
-_CPU_ATTENTION = {}
+CPU_ATTENTION_FLOPS = {}
 if hasattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu"):
-    _CPU_ATTENTION = {torch.ops.aten._scaled_dot_product_flash_attention_for_cpu: _attention_flops,
+    CPU_ATTENTION_FLOPS = {torch.ops.aten._scaled_dot_product_flash_attention_for_cpu: _attention_flops,
                       torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward: _attention_backward_flops}
 
 
@@ -150,7 +150,8 @@ class PerformanceMonitor(L.Callback):
         now = time.perf_counter()
         self._wait = None if self._last_end is None else now - self._last_end
         if self.count_flops and self.flops_per_clip is None:
-            self._counter, self._saw_backward = FlopCounterMode(display=False, custom_mapping=_CPU_ATTENTION), False
+            self._counter = FlopCounterMode(display=False, custom_mapping=CPU_ATTENTION_FLOPS)
+            self._saw_backward = False
             self._counter.__enter__()
             self._counting = True
 

@@ -17,7 +17,7 @@ from typing import Optional
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from arjepa_pl.callbacks.performance import _CPU_ATTENTION
+from arjepa_pl.callbacks.performance import CPU_ATTENTION_FLOPS
 from arjepa_pl.planning.optimizers import SamplingPlanner, shift_plan
 from arjepa_pl.planning.world_models import CostWeighting, WorldModel, step_weights
 from data_modules.two_rooms import TwoRooms, to_uint8
@@ -140,7 +140,7 @@ class MPC:
 
             counter = None
             if count_flops and calls == 0:
-                counter = FlopCounterMode(display=False, custom_mapping=_CPU_ATTENTION)
+                counter = FlopCounterMode(display=False, custom_mapping=CPU_ATTENTION_FLOPS)
             _sync(device)
             begin = time.perf_counter()
             if counter is not None:
