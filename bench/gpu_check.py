@@ -38,7 +38,7 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:  # `python bench/gpu_check.py` from anywhere
     sys.path.insert(0, str(REPO))
 
-from arjepa_pl.callbacks.performance import peak_tflops  # noqa: E402
+from arjepa_pl.callbacks.performance import CPU_ATTENTION_FLOPS, peak_tflops  # noqa: E402
 from arjepa_pl.models import VIT_PRESETS, VisionTransformer  # noqa: E402
 from arjepa_pl.objectives import VJEPA  # noqa: E402
 from arjepa_pl.objectives.ar_video import ARVideo  # noqa: E402
@@ -53,6 +53,8 @@ def peak_flops(name: str) -> float | None:
 
 
 OBJECTIVES = ("vjepa", "ar_video")
+FRAMES, PATCH, TUBELET = 16, 16, 2  # the paper's clips (--size: 224) and ViT-*/16 tubelets
+COMPILED_WARMUP = 6  # compiled blocks recompile for the first few context sizes: keep that out of the timing
 # Modes: what parallelize() is asked for. fsdp2_compile_ac is configs/trainer/fsdp2.yaml.
 MODES = {"eager": {}, "eager_ac": {"ac": True}, "compile": {"compiled": True},
          "compile_ac": {"compiled": True, "ac": True}, "fsdp2": {"fsdp": True},
@@ -78,20 +80,36 @@ def build_model(objective: str, device: str, preset: str = "large", tiny: bool =
     return ARVideo(encoder, total_steps=90000).to(device)
 
 
-def count_flops(step, batch: dict) -> float:
-    with FlopCounterMode(display=False) as counter:
+def count_flops(step, batch: dict) -> tuple[float, dict[str, float]]:
+    """FLOPs of one step, in all and by op (which shows whether the attention was counted)."""
+    with FlopCounterMode(display=False, custom_mapping=CPU_ATTENTION_FLOPS) as counter:
         step(batch, 0)
-    return float(counter.get_total_flops())
+    by_op = {str(op): float(n) for op, n in counter.get_flop_counts().get("Global", {}).items()}
+    return float(counter.get_total_flops()), by_op
+
+
+def free_memory(device: str) -> None:
+    """Collect what an earlier run (a failed one: its traceback held its tensors) left behind."""
+    gc.collect()
+    if device == "cuda":
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
+
+
+def out_of_memory(error: Exception) -> bool:
+    """Whether `error` is the device running out of memory (cuBLAS / cuDNN / Triton report it as a
+    RuntimeError of their own)."""
+    text = str(error)
+    return isinstance(error, torch.OutOfMemoryError) or (isinstance(error, RuntimeError) and any(
+        s in text for s in ("out of memory", "ALLOC_FAILED", "CUBLAS_STATUS_ALLOC_FAILED")))
 
 
 def run(objective: str, name: str, args, batch: int, preset: str = "large", fsdp: bool = False, ac: bool = False,
         compiled: bool = False, steps: Optional[int] = None, warmup: Optional[int] = None,
-        flops: bool = True) -> dict:
+        flops: bool = True, distinct: int = 2) -> dict:
+    free_memory(args.device)
     torch.manual_seed(0)
     cuda = args.device == "cuda"
-    if cuda:
-        torch.cuda.empty_cache()
-        torch.cuda.reset_peak_memory_stats()
     model = build_model(objective, args.device, preset, args.tiny, getattr(args, "width", None))
     # What ScheduledModule.configure_model does under the trainer (there with the strategy's mesh):
     # per-block activation checkpointing, compile, FSDP2 with bf16 all-gathers and the teacher
@@ -102,16 +120,18 @@ def run(objective: str, name: str, args, batch: int, preset: str = "large", fsdp
     optimizer = model.configure_optimizers()
     step = make_step(model, optimizer, autocast_dtype=torch.bfloat16)
     steps, warmup = steps or args.steps, args.warmup if warmup is None else warmup
-    batches = bench_batches(warmup + steps, batch=batch, frames=16, size=args.size, patch=16, tubelet=2,
-                            device=args.device, distinct=2, masks=objective == "vjepa")
+    if compiled:
+        warmup = max(warmup, COMPILED_WARMUP)
+    batches = bench_batches(warmup + steps, batch=batch, frames=FRAMES, size=args.size, patch=PATCH, tubelet=TUBELET,
+                            device=args.device, distinct=distinct, masks=objective == "vjepa")
     t0 = time.perf_counter()
     rate, loss = time_steps(step, batches, warmup)
     result = {"name": name, "objective": objective, "preset": "tiny" if args.tiny else preset, "batch": batch,
               "steps_per_s": rate, "ms_per_step": 1000 / rate, "clips_per_s": rate * batch, "loss": loss,
-              "wall_s": time.perf_counter() - t0, "flops_per_step": None}
+              "wall_s": time.perf_counter() - t0, "warmup": warmup, "steps": steps, "flops_per_step": None}
     if flops and not compiled:
         try:  # a counter that cannot see an op (a compiled kernel) must not cost the timing
-            result["flops_per_step"] = count_flops(step, batches[-1])
+            result["flops_per_step"], result["flops_by_op"] = count_flops(step, batches[-1])
         except Exception as e:
             result["flops_error"] = f"{type(e).__name__}: {e}"[:500]
     if cuda:
@@ -123,8 +143,8 @@ def run(objective: str, name: str, args, batch: int, preset: str = "large", fsdp
 
 def largest_batch(fits: Callable[[int], bool], start: int, limit: int, multiple: int = 8) -> Optional[int]:
     """The largest batch b <= limit for which fits(b), assuming that what fits a batch fits every smaller
-    one: doubling from `start`, then bisection down to a multiple of `multiple`. None if `start` does
-    not fit. Every batch is tried at most once."""
+    one: doubling from `start`, then bisection over the multiples of `multiple` between the last batch
+    that fitted and the first that did not. None if `start` does not fit. Every batch is tried at most once."""
     if start > limit or not fits(start):
         return None
     good, bad = start, None
@@ -134,10 +154,11 @@ def largest_batch(fits: Callable[[int], bool], start: int, limit: int, multiple:
             good = trial
         else:
             bad = trial
-    while bad is not None and bad - good > multiple:
-        trial = (good + bad) // 2 // multiple * multiple
-        if trial <= good:
+    while bad is not None:
+        first, last = good // multiple + 1, (bad - 1) // multiple  # multiples strictly between, as indices
+        if first > last:
             break
+        trial = multiple * ((first + last) // 2)
         if fits(trial):
             good = trial
         else:
@@ -149,31 +170,38 @@ def fitting_run(objective: str, preset: str, ac: bool, batch: int, args) -> Opti
     """Two eager steps at `batch` (one to allocate the optimizer state, one timed); None when the device
     runs out of memory."""
     try:
-        return run(objective, "max_batch", args, batch, preset, ac=ac, steps=1, warmup=1, flops=False)
-    except torch.OutOfMemoryError:
-        return None
-    finally:
-        gc.collect()  # the failed step's tensors, held by the traceback until now
-        if args.device == "cuda":
-            torch.cuda.empty_cache()
+        return run(objective, "max_batch", args, batch, preset, ac=ac, steps=1, warmup=1, flops=False, distinct=1)
+    except Exception as e:
+        if out_of_memory(e):
+            return None
+        raise
 
 
 def max_batch(objective: str, preset: str, ac: bool, args) -> dict:
+    """The largest batch that trains in eager mode (compiled blocks keep less memory: a lower bound for
+    them); each try is recorded as it ends, so a search cut short by a time limit still says something."""
     tried: dict[int, Optional[dict]] = {}
+    preset_name = "tiny" if args.tiny else preset
 
     def fits(batch: int) -> bool:
         tried[batch] = fitting_run(objective, preset, ac, batch, args)
-        print(f"  {objective} ViT-{preset} ac={ac} batch {batch}: {'fits' if tried[batch] else 'out of memory'}",
-              flush=True)
+        record({"name": "max_batch_try", "objective": objective, "preset": preset_name, "activation_checkpointing": ac,
+                "batch": batch, "fits": tried[batch] is not None,
+                **{k: v for k, v in (tried[batch] or {}).items() if k in ("clips_per_s", "peak_mem_gib")}}, args.out)
         return tried[batch] is not None
 
     best = largest_batch(fits, args.batch, args.max_batch_limit)
-    result = {"name": "max_batch", "objective": objective, "preset": "tiny" if args.tiny else preset,
-              "activation_checkpointing": ac,
-              "largest_batch": best, "tried": sorted(tried), "limit": args.max_batch_limit}
+    free_memory(args.device)
+    result = {"name": "max_batch", "objective": objective, "preset": preset_name, "activation_checkpointing": ac,
+              "mode": "eager", "largest_batch": best, "tried": sorted(tried), "limit": args.max_batch_limit}
     if best is not None:
         result.update({k: tried[best][k] for k in ("clips_per_s", "ms_per_step", "peak_mem_gib") if k in tried[best]})
     return result
+
+
+def failed(name: str, objective: str, error: Exception, **fields) -> dict:
+    """A result line for a mode or search that raised: one failure must not hide the other results."""
+    return {"name": name, "objective": objective, **fields, "error": f"{type(error).__name__}: {error}"[:2000]}
 
 
 def single_process_group(backend: str) -> None:
@@ -214,6 +242,9 @@ def main() -> None:
     if unknown:  # before any model is built
         parser.error(f"unknown mode or preset {unknown}: modes are {list(MODES)}, presets {list(VIT_PRESETS)}")
     torch.backends.cuda.matmul.allow_tf32 = True
+    # Every batch size of a search, and every context size, is a new shape for the compiled FlexAttention
+    # of AR video: past dynamo's default limit it would fall back to the slow reference implementation.
+    torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
     name = torch.cuda.get_device_name() if args.device == "cuda" else args.device
     env = {"name": "env", "device": name, "torch": torch.__version__, "cuda": torch.version.cuda,
            "peak_bf16_tflops": (peak_flops(name) or 0) / 1e12}
@@ -225,8 +256,8 @@ def main() -> None:
         for mode in modes:
             try:
                 result = run(objective, mode, args, args.batch, **MODES[mode])
-            except Exception as e:  # report and go on: one failing mode must not hide the others
-                result = {"name": mode, "objective": objective, "error": f"{type(e).__name__}: {e}"[:2000]}
+            except Exception as e:
+                result = failed(mode, objective, e)
             if not MODES[mode].get("ac"):  # with checkpointing the counter also sees the recomputation
                 flops = result.get("flops_per_step") or flops
             if flops and "steps_per_s" in result and env["peak_bf16_tflops"]:
@@ -239,8 +270,7 @@ def main() -> None:
                 try:
                     result = max_batch(objective, preset, ac, args)
                 except Exception as e:
-                    result = {"name": "max_batch", "objective": objective, "preset": preset,
-                              "activation_checkpointing": ac, "error": f"{type(e).__name__}: {e}"[:2000]}
+                    result = failed("max_batch", objective, e, preset=preset, activation_checkpointing=ac)
                 record(result, args.out)
     if torch.distributed.is_initialized():
         torch.distributed.destroy_process_group()

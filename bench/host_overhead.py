@@ -1,10 +1,12 @@
 """The host time that activation checkpointing, FSDP2 and compile add to a training step, measured
 where it shows: on the CPU, with ViT-L/16's layout (24 encoder blocks, the 24-block EMA teacher, a
 12-block predictor: the same parameter tensors and FSDP2 units as bench/gpu_check.py's model) at a
-width of 32 and 128 tokens per clip. The arithmetic is then small, and a step's time is mostly the
-framework's own work: Python, dispatch, hooks, per-parameter copies and casts. That work does not
-shrink with the model's width: a GPU step shorter than it cannot hide it (the GPU waits for the host),
-so it is the floor under a GPU's step time in that mode, and why a larger batch per GPU raises MFU.
+width of 32 and 128 tokens per clip. The arithmetic is then small (though still a share of the eager
+step: attention and matrix products), so what a mode adds to eager is the framework's own work:
+Python, dispatch, hooks, per-parameter copies and casts. That work does not shrink with the model's
+width: a GPU step shorter than it cannot hide it (the GPU waits for the host), so it is a floor under a
+GPU's step time in that mode, and a reason why a larger batch per GPU raises MFU. FSDP2's collectives
+run on gloo here (NCCL on a GPU).
 
     python bench/host_overhead.py [--objectives vjepa ar_video] [--modes eager eager_ac fsdp2 ...]
                                   [--steps 20] [--warmup 5]

@@ -43,6 +43,7 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:  # `python bench/profile_step.py` from anywhere; a --base run puts its library first
     sys.path.insert(0, str(REPO))
 
+from arjepa_pl.models import VIT_PRESETS  # noqa: E402
 from arjepa_pl.parallel import parallelize  # noqa: E402
 from bench.train_step import (  # noqa: E402
     BATCH,
@@ -179,10 +180,11 @@ def print_table(title: str, rows: list[tuple[str, float, float]], step_ms: float
 
 def profile_objective(objective: str, args) -> None:
     if args.preset:  # the GPU check's model and shapes (16 x 224^2, patch 16)
-        from bench.gpu_check import build_model
+        from bench import gpu_check
 
         torch.manual_seed(0)
-        model, batch, frames, size, patch = build_model(objective, args.device, args.preset), args.batch, 16, 224, 16
+        model = gpu_check.build_model(objective, args.device, args.preset)
+        batch, frames, size, patch = args.batch, gpu_check.FRAMES, 224, gpu_check.PATCH
     else:
         model, batch, frames, size, patch = build(objective, args.device), BATCH, FRAMES, SIZE, PATCH
     if args.compile:
@@ -215,7 +217,9 @@ def profile_objective(objective: str, args) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    # No abbreviations: --base is taken out of the arguments for the child by its full name.
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     allow_abbrev=False)
     parser.add_argument("--objectives", nargs="+", choices=OBJECTIVES, default=list(OBJECTIVES))
     parser.add_argument("--steps", type=int, default=4)
     parser.add_argument("--warmup", type=int, default=2)
@@ -224,8 +228,8 @@ def main() -> None:
     parser.add_argument("--bf16", action="store_true", help="bf16 autocast (as precision: bf16-mixed)")
     parser.add_argument("--compile", action="store_true", help="compiled blocks (as compile: true)")
     parser.add_argument("--trace", help="directory for a Chrome / Perfetto trace of each objective")
-    parser.add_argument("--preset", help="profile bench/gpu_check.py's model instead: a ViT preset (large, huge) "
-                        "at 16 x 224^2, patch 16")
+    parser.add_argument("--preset", choices=sorted(VIT_PRESETS),
+                        help="profile bench/gpu_check.py's model instead: this ViT preset at 16 x 224^2, patch 16")
     parser.add_argument("--batch", type=int, default=24, help="clips per step with --preset")
     parser.add_argument("--base", help="profile the library (arjepa_pl, data_modules) of this git commit instead")
     args = parser.parse_args()
@@ -240,7 +244,8 @@ def main() -> None:
                 if not skip and not arg.startswith("--base"):
                     argv.append(arg)
                 skip = arg == "--base"
-            env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(library), str(REPO)])}
+            path = [str(library), str(REPO), *filter(None, os.environ.get("PYTHONPATH", "").split(os.pathsep))]
+            env = {**os.environ, "PYTHONPATH": os.pathsep.join(path)}
             sys.exit(subprocess.run([sys.executable, __file__, *argv], env=env).returncode)
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -1,11 +1,15 @@
 """The benchmark scripts a lent GPU runs (bench/gpu_check.py, bench/profile_step.py) work before the GPU
 time is spent: their logic here, a tiny model through every CPU-capable path in a subprocess."""
 
+import argparse
 import json
 import subprocess
 import sys
 from pathlib import Path
 
+import torch
+
+from bench import gpu_check
 from bench.gpu_check import largest_batch
 
 REPO = Path(__file__).resolve().parents[1]
@@ -27,8 +31,35 @@ def test_largest_batch_stops_at_the_limit_and_reports_when_nothing_fits():
     assert largest_batch(lambda b: True, start=24, limit=300) == 300
     assert largest_batch(lambda b: b < 24, start=24, limit=512) is None
     assert largest_batch(lambda b: True, start=32, limit=16) is None
-    # A batch between two tries that is not a multiple of 8 is never tried.
+    # A batch between two tries that is not a multiple of 8 is never tried; every multiple of 8 may be.
     assert largest_batch(lambda b: b <= 60, start=24, limit=512) == 56
+    assert largest_batch(lambda b: b <= 59, start=24, limit=60) == 56  # the failing bound is no multiple
+    assert largest_batch(lambda b: b <= 498, start=24, limit=500) == 496
+    assert largest_batch(lambda b: b <= 49, start=25, limit=512) == 48
+
+
+def test_the_batch_search_treats_running_out_of_memory_as_not_fitting(tmp_path, monkeypatch):
+    def run(objective, name, args, batch, *a, **kw):
+        if batch > 40:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return {"clips_per_s": 10.0 * batch, "ms_per_step": 100.0}
+
+    monkeypatch.setattr(gpu_check, "run", run)
+    args = argparse.Namespace(out=str(tmp_path / "x.jsonl"), tiny=False, batch=24, max_batch_limit=512, device="cpu")
+    result = gpu_check.max_batch("vjepa", "large", True, args)
+    assert result["largest_batch"] == 40 and result["clips_per_s"] == 400.0 and result["mode"] == "eager"
+    tries = [json.loads(line) for line in (tmp_path / "x.jsonl").read_text().splitlines()]
+    assert [(t["batch"], t["fits"]) for t in tries] == [(24, True), (48, False), (32, True), (40, True)]
+
+    def broken(*a, **kw):  # anything but memory is an error, not "does not fit"
+        raise RuntimeError("CUDA error: an illegal memory access was encountered")
+
+    monkeypatch.setattr(gpu_check, "run", broken)
+    try:
+        gpu_check.max_batch("vjepa", "large", False, args)
+        raise AssertionError("a non-memory error was taken for not fitting")
+    except RuntimeError as e:
+        assert "illegal memory access" in str(e)
 
 
 def test_gpu_check_runs_every_cpu_path_on_a_tiny_model(tmp_path):
@@ -47,6 +78,8 @@ def test_gpu_check_runs_every_cpu_path_on_a_tiny_model(tmp_path):
     assert runs["vjepa", "fsdp2"]["teacher_sharded_like_student"] is True
     searches = [r for r in lines if r["name"] == "max_batch"]
     assert len(searches) == 4 and all(r["largest_batch"] == 4 and r["tried"] == [2, 4] for r in searches)
+    assert len([r for r in lines if r["name"] == "max_batch_try"]) == 8  # each try recorded as it ends
+    assert any("attention" in op for op in runs["vjepa", "eager"]["flops_by_op"]), runs["vjepa", "eager"]
 
 
 def test_gpu_check_refuses_an_unknown_mode_before_building_anything(tmp_path):
