@@ -30,7 +30,7 @@ def test_video_shapes_and_subset_of_tokens():
 
 def test_tokens_stay_contiguous_through_the_blocks():
     # A transposed patch embedding would keep its layout through every residual add (and every
-    # LayerNorm / linear would copy it): the bench step ran ~7 % slower that way.
+    # LayerNorm / linear would copy it): the AR video bench step ran ~7 % slower that way.
     for video, shape in ((True, (2, 3, 8, 32, 24)), (False, (2, 3, 32, 24))):
         vit = tiny_vit(video=video)
         tokens = vit.embed(torch.randn(*shape))
