@@ -105,6 +105,7 @@ class OnlineProbe(L.Callback):
         self.seconds = 0.0  # wall time spent probing (training and validation): the callback's cost
         self._extractor: Optional[FeatureExtractor] = None
         self._pending: Optional[dict] = None  # a checkpoint's state that arrived before the head existed
+        self._train_labels_checked = False  # every training label known to be in range (setup)
         # [tasks, 2]: correct, seen since the last validation (made anew on the module's device in on_fit_start)
         self._train_counts = torch.zeros(len(self.tasks), 2, dtype=torch.long)
         self._val_counts = torch.zeros_like(self._train_counts)
@@ -133,6 +134,17 @@ class OnlineProbe(L.Callback):
             self.bank_labels = torch.full((self.bank_size,), -1, dtype=torch.long)
         if self._pending is not None:
             self._restore()
+        # Checking each training batch's labels reads them back to the host: on a GPU a wait for the
+        # device every step. A data module that lists its training labels is checked once, here.
+        labels_of = getattr(getattr(trainer, "datamodule", None), "label_values", None)
+        self._train_labels_checked = False
+        if callable(labels_of):
+            try:
+                labels = torch.tensor(labels_of(), dtype=torch.long)
+            except (OSError, ValueError):
+                return  # an unreadable manifest is the data module's to report; batches are checked
+            self._targets(labels)  # a label outside a task: the error a batch would raise, before training
+            self._train_labels_checked = True
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         # After configure_model, which may have sharded the encoder: the extractor calls the encoder's
@@ -160,7 +172,7 @@ class OnlineProbe(L.Callback):
         start = self._clock(pl_module)
         given = outputs.get("features") if isinstance(outputs, dict) and self.layer == -1 else None
         features, labels = self.features(trainer, batch, given)
-        targets = self._targets(labels)
+        targets = self._targets(labels, check=not self._train_labels_checked)
         if self.method == "linear":
             self._train_counts += self._linear_step(features, targets)
         else:
@@ -235,9 +247,9 @@ class OnlineProbe(L.Callback):
         pooled = tokens.mean(1)
         return F.layer_norm(pooled, pooled.shape[-1:]), labels.long()
 
-    def _targets(self, labels: torch.Tensor) -> list[torch.Tensor]:
+    def _targets(self, labels: torch.Tensor, check: bool = True) -> list[torch.Tensor]:
         try:
-            return [task.targets(labels) for task in self.tasks]
+            return [task.targets(labels, check) for task in self.tasks]
         except ValueError as err:
             hint = (" (unlabelled data? the online probe needs class labels >= 0; remove the callback for "
                     "unlabelled data)") if int(labels.min()) < 0 else ""
