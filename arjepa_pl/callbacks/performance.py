@@ -183,8 +183,7 @@ class PerformanceMonitor(L.Callback):
         self._last_end = now
         if self._steps:
             metrics = self.metrics(trainer.world_size, pl_module.device)
-            pl_module.log("perf/clips_per_sec", metrics.pop("perf/clips_per_sec"), prog_bar=True, on_step=True,
-                          on_epoch=False, batch_size=1)
+            # Not prog_bar (the progress line reads it when it draws: arjepa_pl.callbacks.progress).
             pl_module.log_dict(metrics, on_step=True, on_epoch=False, batch_size=1)
 
     def on_exception(self, trainer, pl_module, exception) -> None:

@@ -22,6 +22,11 @@ from lightning.pytorch.callbacks.progress.tqdm_progress import Tqdm
 BLOCKS = " ▏▎▍▌▋▊▉█"
 # The progress-bar metrics the objectives and callbacks log, in the words the line uses.
 SHORT_NAMES = {"train/loss": "loss", "val/loss": "val loss", "perf/clips_per_sec": "clips/s"}
+# What the line shows of the metrics logged every training step. They are not logged with prog_bar=True:
+# Lightning turns every prog_bar value into a number at the end of every step (a logged float becomes a
+# device tensor first), which on a GPU makes the host wait for the device each step. The line reads them
+# when it is drawn: every 5 % of the run in a log file, every `refresh_rate` steps in a terminal.
+STEP_METRICS = ("train/loss", "perf/clips_per_sec")
 
 
 def clock(seconds: float) -> str:
@@ -99,8 +104,9 @@ class RunProgressBar(TQDMProgressBar):
         total, step = self._total, trainer.global_step
         elapsed = time.monotonic() - self._start_time
         epoch_based = trainer.max_steps in (None, -1) and trainer.max_epochs not in (None, -1)
-        return progress_line(step, total, elapsed, eta_seconds(step, total, self._start_step, elapsed),
-                             trainer.progress_bar_metrics,
+        logged = trainer.callback_metrics
+        metrics = {**{k: logged[k] for k in STEP_METRICS if k in logged}, **trainer.progress_bar_metrics}
+        return progress_line(step, total, elapsed, eta_seconds(step, total, self._start_step, elapsed), metrics,
                              # After the last epoch Lightning counts one more: the run is in its last.
                              epoch=min(trainer.current_epoch, trainer.max_epochs - 1) if epoch_based else None,
                              max_epochs=trainer.max_epochs if epoch_based else None)

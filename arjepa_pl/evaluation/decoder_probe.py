@@ -99,7 +99,7 @@ class DecoderProbe(FrozenEncoderModule):
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         pred, target = self.reconstruct(batch)
         loss = F.mse_loss(pred.float(), target)
-        self.log("train/loss", loss, prog_bar=True, batch_size=target.size(0))
+        self.log("train/loss", loss, batch_size=target.size(0))
         return loss
 
     def _evaluate(self, batch: dict, stage: str) -> None:

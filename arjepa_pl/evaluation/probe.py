@@ -142,7 +142,7 @@ class Probe(FrozenEncoderModule):
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         logits, views = self.logits(batch)
         loss = self._loss(logits, self.targets(batch), views)
-        self.log("train/loss", loss / len(self.heads), prog_bar=True, batch_size=batch["label"].size(0))
+        self.log("train/loss", loss / len(self.heads), batch_size=batch["label"].size(0))
         return loss
 
     def _evaluate(self, batch: dict, stage: str, metrics: nn.ModuleDict) -> None:

@@ -138,7 +138,7 @@ class ActionConditionedObjective(ScheduledModule):
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         terms = self.terms(batch)
         B = batch["frames"].size(0)
-        self.log("train/loss", terms["loss"], prog_bar=True, batch_size=B)
+        self.log("train/loss", terms["loss"], batch_size=B)
         self.log_dict({f"train/{k}": v for k, v in terms.items() if k != "loss"}, batch_size=B)
         return terms["loss"]
 

@@ -56,7 +56,7 @@ class ARText(ScheduledModule):
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         nll, _, targets = self.nll(batch["tokens"])
         loss = nll / targets.numel()
-        self.log("train/loss", loss, prog_bar=True, batch_size=targets.size(0))
+        self.log("train/loss", loss, batch_size=targets.size(0))
         return loss
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:

@@ -130,7 +130,7 @@ class NextStepObjective(ScheduledModule):
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         loss = self.step_loss(batch["video"])
-        self.log("train/loss", loss, prog_bar=True, batch_size=batch["video"].size(0))
+        self.log("train/loss", loss, batch_size=batch["video"].size(0))
         return loss
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:

@@ -280,7 +280,7 @@ class JEPA(ScheduledModule):
             teacher_tokens = self.teacher_encoder(self._input(batch))
         terms = self.jepa_terms(batch, teacher_tokens)
         B = batch[self.input_key].size(0)
-        self.log("train/loss", terms["loss"], prog_bar=True, batch_size=B)
+        self.log("train/loss", terms["loss"], batch_size=B)
         self.log_dict({f"train/{k}": v for k, v in terms.items() if k != "loss"}, batch_size=B)
         for i, mask in enumerate(batch["masks"]):
             # Per sample; I-JEPA's target is P blocks of Kt tokens.
