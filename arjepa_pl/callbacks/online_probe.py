@@ -134,8 +134,7 @@ class OnlineProbe(L.Callback):
             self.bank_labels = torch.full((self.bank_size,), -1, dtype=torch.long)
         if self._pending is not None:
             self._restore()
-        # Checking each training batch's labels reads them back to the host: on a GPU a wait for the
-        # device every step. A data module that lists its training labels is checked once, here.
+        # Labels a data module lists are checked once here, not read back (a GPU wait) every batch.
         labels_of = getattr(getattr(trainer, "datamodule", None), "label_values", None)
         self._train_labels_checked = False
         if callable(labels_of):
