@@ -4,6 +4,7 @@ extractor of each objective, and a Probe that learns a separable task through Li
 import lightning.pytorch as L
 import pytest
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.data import DataLoader, Dataset
 
 from arjepa_pl.evaluation import DEMO_TASKS, Probe, ProbeTask, average_view_probabilities, flatten_views
@@ -130,6 +131,51 @@ def test_probe_learns_a_separable_task_with_the_encoder_frozen(tmp_path):
         assert metrics["val/shade/l0/top1"] >= 0.99 and metrics["val/shade/l2/top1"] >= 0.99, (kind, metrics)
         assert not probe.extractor.training
         assert all(torch.equal(before[k], v) for k, v in encoder.state_dict().items()), "the encoder moved"
+
+
+class ShadeData(L.LightningDataModule):
+    """ShadeClips from a data module that lists its training labels, as the video modules do."""
+
+    def __init__(self, labels=(0, 1, 2)):
+        super().__init__()
+        self.labels = list(labels)
+
+    def train_dataloader(self):
+        return DataLoader(ShadeClips(12), batch_size=6)
+
+    def label_values(self):
+        return self.labels
+
+
+class CountingProbe(Probe):
+    """Counts the values its training steps read back to the host (on a GPU, each a wait)."""
+
+    read_backs = 0
+
+    def training_step(self, batch, batch_idx):
+        class Count(TorchDispatchMode):
+            def __torch_dispatch__(mode, func, types, args=(), kwargs=None):
+                if func is torch.ops.aten._local_scalar_dense.default:
+                    self.read_backs += 1
+                return func(*args, **(kwargs or {}))
+
+        with Count():
+            return super().training_step(batch, batch_idx)
+
+
+def test_listed_labels_are_checked_when_the_fit_starts_not_read_back_every_step(tmp_path):
+    def fit(data=None, labels=None):
+        probe = CountingProbe(tasks=[ProbeTask("shade", 3)], encoder=tiny_encoder(), lr=1e-3, start_lr=1e-3)
+        trainer = L.Trainer(max_steps=2, accelerator="cpu", logger=False, enable_checkpointing=False,
+                            enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path,
+                            limit_val_batches=0)
+        trainer.fit(probe, train_dataloaders=labels, datamodule=data)
+        return probe.read_backs
+
+    assert fit(data=ShadeData()) == 0
+    assert fit(labels=DataLoader(ShadeClips(12), batch_size=6)) > 0  # a loader lists nothing: each batch checked
+    with pytest.raises(ValueError, match="label 3 gives class 3, outside its 3 classes"):
+        fit(data=ShadeData(labels=(0, 1, 2, 3)))
 
 
 def test_probe_needs_an_encoder_and_distinct_tasks():

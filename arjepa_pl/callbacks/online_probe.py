@@ -31,7 +31,7 @@ from lightning.pytorch.utilities import rank_zero_warn
 from torch import nn
 
 from arjepa_pl.evaluation.multiview import flatten_views
-from arjepa_pl.evaluation.tasks import ProbeTask, as_tasks
+from arjepa_pl.evaluation.tasks import ProbeTask, as_tasks, check_listed_labels
 from arjepa_pl.models.features import FeatureExtractor
 from arjepa_pl.models.probes import AttentiveClassifier
 from arjepa_pl.optim import decay_groups
@@ -134,16 +134,7 @@ class OnlineProbe(L.Callback):
             self.bank_labels = torch.full((self.bank_size,), -1, dtype=torch.long)
         if self._pending is not None:
             self._restore()
-        # Labels a data module lists are checked once here, not read back (a GPU wait) every batch.
-        labels_of = getattr(getattr(trainer, "datamodule", None), "label_values", None)
-        self._train_labels_checked = False
-        if callable(labels_of):
-            try:
-                labels = torch.tensor(labels_of(), dtype=torch.long)
-            except (OSError, ValueError):
-                return  # an unreadable manifest is the data module's to report; batches are checked
-            self._targets(labels)  # a label outside a task: the error a batch would raise, before training
-            self._train_labels_checked = True
+        self._train_labels_checked = check_listed_labels(getattr(trainer, "datamodule", None), self._targets)
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         # After configure_model, which may have sharded the encoder: the extractor calls the encoder's

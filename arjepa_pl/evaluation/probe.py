@@ -23,7 +23,7 @@ from torch import nn
 from arjepa_pl.evaluation.frozen import FrozenEncoderModule
 from arjepa_pl.evaluation.intervals import TopKCounts
 from arjepa_pl.evaluation.multiview import average_view_probabilities, concatenate_segments
-from arjepa_pl.evaluation.tasks import ProbeTask, as_tasks
+from arjepa_pl.evaluation.tasks import ProbeTask, as_tasks, check_listed_labels
 from arjepa_pl.models import AttentiveClassifier, LinearClassifier, VisionTransformer
 
 
@@ -89,6 +89,7 @@ class Probe(FrozenEncoderModule):
                          weight_decay=weight_decay, final_weight_decay=final_weight_decay, **optim_args)
         self.save_init_args()
         self.tasks = as_tasks(tasks, "a probe")
+        self._train_labels_checked = False  # set when the fit starts (check_listed_labels)
         self.init_encoder(encoder_checkpoint, encoder, encoder_which, encoder_num_heads, layers)
 
         dim = self.extractor.embed_dim
@@ -127,8 +128,13 @@ class Probe(FrozenEncoderModule):
         return {self.head_key(task, layer): self.heads[self.head_key(task, layer)](by_layer[layer])
                 for task in self.tasks for layer in self.layers}, views
 
-    def targets(self, batch: dict) -> dict[str, torch.Tensor]:
-        return {task.name: task.targets(batch["label"]) for task in self.tasks}
+    def targets(self, batch: dict, check: bool = True) -> dict[str, torch.Tensor]:
+        return {task.name: task.targets(batch["label"], check) for task in self.tasks}
+
+    def on_fit_start(self) -> None:
+        super().on_fit_start()
+        self._train_labels_checked = check_listed_labels(getattr(self.trainer, "datamodule", None),
+                                                         lambda labels: [t.targets(labels) for t in self.tasks])
 
     def _loss(self, logits: dict[str, torch.Tensor], targets: dict[str, torch.Tensor], views: int) -> torch.Tensor:
         # The heads are independent: the sum gives each its own unscaled gradient; logged as the mean.
@@ -141,7 +147,7 @@ class Probe(FrozenEncoderModule):
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         logits, views = self.logits(batch)
-        loss = self._loss(logits, self.targets(batch), views)
+        loss = self._loss(logits, self.targets(batch, check=not self._train_labels_checked), views)
         self.log("train/loss", loss / len(self.heads), batch_size=batch["label"].size(0))
         return loss
 

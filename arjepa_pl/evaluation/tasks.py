@@ -7,7 +7,7 @@ encoder pass. A class outside [0, num_classes) is an error, never wrapped around
 """
 
 from dataclasses import dataclass
-from typing import Optional
+from typing import Any, Callable, Optional
 
 import torch
 
@@ -79,3 +79,19 @@ def as_tasks(tasks, owner: str) -> tuple[ProbeTask, ...]:
     if len(set(names)) != len(names):
         raise ValueError(f"{owner} task names must be distinct, got {names}")
     return tasks
+
+
+def check_listed_labels(datamodule: Any, check: Callable[[torch.Tensor], Any]) -> bool:
+    """Run `check` on every training label a data module lists (its `label_values()`: the video and
+    moving-shapes modules list them) and say whether it could. A probe that checked them once need not
+    check each training batch's labels, which reads them back to the host: on a GPU a wait every step.
+    False when the data module lists none or cannot read them (its own check reports that)."""
+    labels_of = getattr(datamodule, "label_values", None)
+    if not callable(labels_of):
+        return False
+    try:
+        labels = torch.tensor(labels_of(), dtype=torch.long)
+    except (OSError, ValueError):
+        return False
+    check(labels)  # a label outside a task raises here, before training, as its batch would have
+    return True
