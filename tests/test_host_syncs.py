@@ -3,35 +3,14 @@ read-back (.item(), float(), bool() of a device tensor) makes the host wait for 
 cannot queue the next step's work meanwhile. Counted here on the CPU, where the same calls happen."""
 
 import statistics
-import traceback
 from pathlib import Path
 
 import lightning.pytorch as L
-import torch
-from torch.utils._python_dispatch import TorchDispatchMode
 
 from arjepa_pl.cli import ArJepaCLI
+from tests.read_backs import ReadBacks
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-class ReadBacks(TorchDispatchMode):
-    """Counts values read back to the host, with where they were read. The optimizers' own reads are
-    left out: their step counters are host tensors under a CUDA optimizer too (fused AdamW on the
-    CPU reads one per parameter)."""
-
-    def __init__(self):
-        super().__init__()
-        self.count, self.sites = 0, []
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        if func is torch.ops.aten._local_scalar_dense.default:
-            frames = traceback.extract_stack()[:-1]
-            last = max(i for i, f in enumerate(frames) if "/torch/" not in f.filename)  # the code that asked
-            if not any("/torch/optim/" in f.filename for f in frames[last + 1:]):
-                self.count += 1
-                self.sites.append(f"{Path(frames[last].filename).name}:{frames[last].lineno}")
-        return func(*args, **(kwargs or {}))
 
 
 class PerStep(L.Callback):

@@ -2,7 +2,6 @@
 watches, resumes exactly from a checkpoint, averages its heads' gradients across ranks, and fails
 clearly on what it cannot probe."""
 
-import contextlib
 import subprocess
 import sys
 from pathlib import Path
@@ -10,7 +9,6 @@ from pathlib import Path
 import lightning.pytorch as L
 import pytest
 import torch
-from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.data import DataLoader
 
 from arjepa_pl.callbacks import OnlineProbe
@@ -19,6 +17,7 @@ from arjepa_pl.models import FeatureExtractor, VisionTransformer
 from arjepa_pl.objectives import JEPA
 from data_modules.datamodules import objective_collate_fn
 from tests.dist_helpers import cli_env
+from tests.read_backs import ListedLabels, ReadBacks
 
 REPO = Path(__file__).resolve().parents[1]
 # A label that encodes two factors, like the demo set's shape * 4 + direction.
@@ -286,21 +285,6 @@ def test_labels_outside_a_task_are_refused(tmp_path):
         fit(FixedEncoder(), OnlineProbe([ProbeTask("b", 4)]), tmp_path, steps=1)  # no modulo: labels run to 11
 
 
-class LabelledImages(L.LightningDataModule):
-    """The factor images from a data module that lists its training labels (as the video and
-    moving-shapes modules do)."""
-
-    def __init__(self, labels=range(12)):
-        super().__init__()
-        self.labels = list(labels)
-
-    def train_dataloader(self):
-        return DataLoader(factor_images(32), batch_size=16)
-
-    def label_values(self):
-        return self.labels
-
-
 class CountingReadBacks(OnlineProbe):
     """Counts the values the label checks of training batches read back to the host (.item(), int() of
     tensors: on a GPU each one waits for the device)."""
@@ -316,14 +300,11 @@ class CountingReadBacks(OnlineProbe):
             self._training = False
 
     def _targets(self, labels, check=True):
-        class Count(TorchDispatchMode):
-            def __torch_dispatch__(mode, func, types, args=(), kwargs=None):
-                if func is torch.ops.aten._local_scalar_dense.default:
-                    self.read_backs += 1
-                return func(*args, **(kwargs or {}))
-
-        with Count() if self._training else contextlib.nullcontext():
-            return super()._targets(labels, check)
+        with ReadBacks() as reads:
+            targets = super()._targets(labels, check)
+        if self._training:
+            self.read_backs += reads.count
+        return targets
 
 
 def test_labels_a_data_module_lists_are_checked_once_not_read_back_every_batch(tmp_path):
@@ -334,7 +315,7 @@ def test_labels_a_data_module_lists_are_checked_once_not_read_back_every_batch(t
     trainer = L.Trainer(callbacks=[probe], accelerator="cpu", max_steps=2, logger=False, enable_checkpointing=False,
                         enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path,
                         limit_val_batches=0)
-    trainer.fit(NoLoaders(), datamodule=LabelledImages())
+    trainer.fit(NoLoaders(), datamodule=ListedLabels(factor_images(32), 16, range(12)))
     assert probe.probe_steps == 2 and probe.read_backs == 0  # on a GPU: no wait for the device per batch
     unlisted = CountingReadBacks(TASKS)
     fit(FixedEncoder(), unlisted, tmp_path, steps=2)
@@ -342,7 +323,7 @@ def test_labels_a_data_module_lists_are_checked_once_not_read_back_every_batch(t
     with pytest.raises(ValueError, match="OnlineProbe: task 'a': label 12 gives class 3, outside its 3 classes"):
         trainer = L.Trainer(callbacks=[OnlineProbe(TASKS)], accelerator="cpu", max_steps=1, logger=False,
                             enable_checkpointing=False, enable_progress_bar=False, default_root_dir=tmp_path)
-        trainer.fit(NoLoaders(), datamodule=LabelledImages(range(13)))
+        trainer.fit(NoLoaders(), datamodule=ListedLabels(factor_images(32), 16, range(13)))
 
 
 def test_bad_arguments_are_refused():

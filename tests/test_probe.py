@@ -4,7 +4,6 @@ extractor of each objective, and a Probe that learns a separable task through Li
 import lightning.pytorch as L
 import pytest
 import torch
-from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.data import DataLoader, Dataset
 
 from arjepa_pl.evaluation import DEMO_TASKS, Probe, ProbeTask, average_view_probabilities, flatten_views
@@ -12,6 +11,7 @@ from arjepa_pl.models import (AttentiveClassifier, AttentivePooler, FeatureExtra
                               VisionTransformer, block_causal_mask)
 from arjepa_pl.objectives import VJEPA
 from arjepa_pl.objectives.ar_video import ARVideo
+from tests.read_backs import ListedLabels, ReadBacks
 
 
 def tiny_encoder(**kw) -> VisionTransformer:
@@ -133,34 +133,16 @@ def test_probe_learns_a_separable_task_with_the_encoder_frozen(tmp_path):
         assert all(torch.equal(before[k], v) for k, v in encoder.state_dict().items()), "the encoder moved"
 
 
-class ShadeData(L.LightningDataModule):
-    """ShadeClips from a data module that lists its training labels, as the video modules do."""
-
-    def __init__(self, labels=(0, 1, 2)):
-        super().__init__()
-        self.labels = list(labels)
-
-    def train_dataloader(self):
-        return DataLoader(ShadeClips(12), batch_size=6)
-
-    def label_values(self):
-        return self.labels
-
-
 class CountingProbe(Probe):
     """Counts the values its training steps read back to the host (on a GPU, each a wait)."""
 
     read_backs = 0
 
     def training_step(self, batch, batch_idx):
-        class Count(TorchDispatchMode):
-            def __torch_dispatch__(mode, func, types, args=(), kwargs=None):
-                if func is torch.ops.aten._local_scalar_dense.default:
-                    self.read_backs += 1
-                return func(*args, **(kwargs or {}))
-
-        with Count():
-            return super().training_step(batch, batch_idx)
+        with ReadBacks() as reads:
+            loss = super().training_step(batch, batch_idx)
+        self.read_backs += reads.count
+        return loss
 
 
 def test_listed_labels_are_checked_when_the_fit_starts_not_read_back_every_step(tmp_path):
@@ -172,10 +154,10 @@ def test_listed_labels_are_checked_when_the_fit_starts_not_read_back_every_step(
         trainer.fit(probe, train_dataloaders=labels, datamodule=data)
         return probe.read_backs
 
-    assert fit(data=ShadeData()) == 0
+    assert fit(data=ListedLabels(ShadeClips(12), 6, (0, 1, 2))) == 0
     assert fit(labels=DataLoader(ShadeClips(12), batch_size=6)) > 0  # a loader lists nothing: each batch checked
     with pytest.raises(ValueError, match="label 3 gives class 3, outside its 3 classes"):
-        fit(data=ShadeData(labels=(0, 1, 2, 3)))
+        fit(data=ListedLabels(ShadeClips(12), 6, (0, 1, 2, 3)))
 
 
 def test_probe_needs_an_encoder_and_distinct_tasks():
