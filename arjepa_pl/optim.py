@@ -6,7 +6,7 @@ import inspect
 import math
 import warnings
 from dataclasses import asdict, is_dataclass
-from typing import Literal, Optional
+from typing import Any, Literal, Optional
 
 import lightning.pytorch as L
 import torch
@@ -134,6 +134,16 @@ class ScheduledModule(L.LightningModule):
             raise ConfigError("warmup_steps", self.warmup_steps,
                               f"the warm-up{cooldown} is longer than the run ({source} = {total_steps}): "
                               f"use at most {total_steps - self.cooldown_steps} warm-up steps")
+
+    def log(self, name: str, value: Any, *args: Any, **kwargs: Any) -> None:
+        """Lightning's, with a Python number logged as a host tensor. Lightning would make it a tensor
+        on the module's device: on a GPU a copy from pageable host memory, which waits for the device,
+        for each of the numbers logged every step (lr, token counts, perf/*). A host tensor is stored
+        as it is and read back for free. Values synced across ranks stay Lightning's (NCCL needs them
+        on the device)."""
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and not kwargs.get("sync_dist"):
+            value = torch.tensor(float(value))
+        super().log(name, value, *args, **kwargs)
 
     def save_init_args(self) -> None:
         """save_hyperparameters() for the calling __init__, made checkpoint-safe.

@@ -11,6 +11,7 @@ import torch
 from torch.utils.data import DataLoader, TensorDataset
 
 from arjepa_pl import quiet
+from arjepa_pl.callbacks import PerformanceMonitor
 from arjepa_pl.callbacks.defaults import FinalValidation, ModelSummary, add_run_callbacks
 from arjepa_pl.callbacks.progress import RunProgressBar, bar, clock, eta_seconds, metric_text, progress_line
 
@@ -70,7 +71,8 @@ def _fit(tmp_path, **trainer_args) -> Regression:
     model = Regression()
     trainer = L.Trainer(accelerator="cpu", logger=False, enable_checkpointing=False, enable_model_summary=False,
                         default_root_dir=tmp_path, num_sanity_val_steps=0,
-                        callbacks=[RunProgressBar(), FinalValidation()], **trainer_args)
+                        callbacks=[RunProgressBar(), FinalValidation(), PerformanceMonitor(count_flops=False)],
+                        **trainer_args)
     trainer.fit(model, _loader(3), _loader(1))
     return model
 
@@ -82,7 +84,9 @@ def test_bar_prints_lines_of_the_whole_run_to_a_file_and_the_last_step_is_valida
     assert model.validated_at == [3, 6, 7]
     lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("step ")]
     assert lines[0].startswith("step 1/7 |") and lines[-1].startswith("step 7/7 |")
-    assert all("loss" in line and "epoch" not in line for line in lines)
+    assert all(" · loss " in line and "epoch" not in line for line in lines)
+    # The performance monitor's clips/s reach the line too (not logged with prog_bar either).
+    assert all("clips/s" in line for line in lines[2:]), lines  # measured from the third step on
 
 
 def test_an_epoch_budget_off_the_validation_cadence_still_ends_validated(tmp_path, capsys):

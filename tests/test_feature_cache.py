@@ -42,6 +42,16 @@ def test_cached_and_uncached_probes_agree_and_the_encoder_runs_once_per_clip(tmp
     assert not list((tmp_path / "cache").glob(".*tmp*")), "a temporary file was left behind"
 
 
+def test_the_wrapper_lists_the_labels_its_data_lists():
+    # The probes' once-per-fit label check and the pre-flight check read them through the wrapper.
+    class Listing(ShadeData):
+        def label_values(self):
+            return [0, 1, 2, 3]
+
+    assert FrozenFeatureData(Listing()).label_values() == [0, 1, 2, 3]
+    assert FrozenFeatureData(ShadeData()).label_values is None
+
+
 def test_entries_are_keyed_by_weights_and_data_not_by_loader_options(tmp_path):
     cache = str(tmp_path / "cache")
 

@@ -158,6 +158,15 @@ def test_listed_labels_are_checked_when_the_fit_starts_not_read_back_every_step(
     assert fit(labels=DataLoader(ShadeClips(12), batch_size=6)) > 0  # a loader lists nothing: each batch checked
     with pytest.raises(ValueError, match="label 3 gives class 3, outside its 3 classes"):
         fit(data=ListedLabels(ShadeClips(12), 6, (0, 1, 2, 3)))
+    # A trainer keeps the data module of its last fit: a later fit on plain loaders checks its batches.
+    trainer = L.Trainer(max_steps=1, accelerator="cpu", logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path)
+    trainer.fit(Probe(tasks=[ProbeTask("shade", 3)], encoder=tiny_encoder()), datamodule=ListedLabels(
+        ShadeClips(12), 6, (0, 1, 2)))
+    wider = [{**ShadeClips(6)[i], "label": 5} for i in range(6)]
+    trainer.fit_loop.epoch_loop.max_steps = 2  # one more step
+    with pytest.raises(ValueError, match="label 5 gives class 5, outside its 3 classes"):
+        trainer.fit(Probe(tasks=[ProbeTask("shade", 3)], encoder=tiny_encoder()), DataLoader(wider, batch_size=6))
 
 
 def test_probe_needs_an_encoder_and_distinct_tasks():

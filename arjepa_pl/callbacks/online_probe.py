@@ -134,7 +134,7 @@ class OnlineProbe(L.Callback):
             self.bank_labels = torch.full((self.bank_size,), -1, dtype=torch.long)
         if self._pending is not None:
             self._restore()
-        self._train_labels_checked = check_listed_labels(getattr(trainer, "datamodule", None), self._targets)
+        self._train_labels_checked = check_listed_labels(trainer, self._targets)
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         # After configure_model, which may have sharded the encoder: the extractor calls the encoder's

@@ -27,7 +27,7 @@ import json
 import logging
 import os
 from pathlib import Path
-from typing import Any, Literal, Optional
+from typing import Any, Callable, Literal, Optional
 
 import lightning.pytorch as L
 import torch
@@ -196,6 +196,12 @@ class FrozenFeatureData(L.LightningDataModule):
         self.dtype, self.extract_batch_size = dtype, extract_batch_size
         self.splits: dict[str, CachedSplit] = {}
         self.feature_stats: dict[str, float] = {}
+
+    @property
+    def label_values(self) -> Optional[Callable[[], list[int]]]:
+        """The wrapped data's listing of its training labels, None if it has none (the probes and the
+        pre-flight check call it: cached features carry the labels of the clips they came from)."""
+        return getattr(self.data, "label_values", None)
 
     # The wrapped data's normalisation and sizes, for modules that read them from trainer.datamodule.
     @property

@@ -133,7 +133,7 @@ class Probe(FrozenEncoderModule):
 
     def on_fit_start(self) -> None:
         super().on_fit_start()
-        self._train_labels_checked = check_listed_labels(getattr(self.trainer, "datamodule", None),
+        self._train_labels_checked = check_listed_labels(self.trainer,
                                                          lambda labels: [t.targets(labels) for t in self.tasks])
 
     def _loss(self, logits: dict[str, torch.Tensor], targets: dict[str, torch.Tensor], views: int) -> torch.Tensor:

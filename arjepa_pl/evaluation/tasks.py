@@ -81,13 +81,17 @@ def as_tasks(tasks, owner: str) -> tuple[ProbeTask, ...]:
     return tasks
 
 
-def check_listed_labels(datamodule: Any, check: Callable[[torch.Tensor], Any]) -> bool:
-    """Run `check` on every training label a data module lists (its `label_values()`: the video and
-    moving-shapes modules list them) and say whether it could. A probe that checked them once need not
-    check each training batch's labels, which reads them back to the host: on a GPU a wait every step.
-    False when the data module lists none or cannot read them (its own check reports that)."""
+def check_listed_labels(trainer: Any, check: Callable[[torch.Tensor], Any]) -> bool:
+    """Run `check` on every training label the fit's data module lists (its `label_values()`: the video
+    and moving-shapes modules list them) and say whether it could. A probe that checked them once need
+    not check each training batch's labels, which reads them back to the host: on a GPU a wait every
+    step. False when the training data does not come from a data module that lists its labels, or it
+    cannot read them (its own check reports that)."""
+    datamodule = getattr(trainer, "datamodule", None)
+    # A trainer keeps the data module of an earlier fit: it counts only if it serves this fit's batches.
+    serving = getattr(getattr(getattr(trainer, "fit_loop", None), "_data_source", None), "instance", None)
     labels_of = getattr(datamodule, "label_values", None)
-    if not callable(labels_of):
+    if serving is None or serving is not datamodule or not callable(labels_of):
         return False
     try:
         labels = torch.tensor(labels_of(), dtype=torch.long)
