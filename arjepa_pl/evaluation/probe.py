@@ -133,8 +133,7 @@ class Probe(FrozenEncoderModule):
 
     def on_fit_start(self) -> None:
         super().on_fit_start()
-        self._train_labels_checked = check_listed_labels(self.trainer,
-                                                         lambda labels: [t.targets(labels) for t in self.tasks])
+        self._train_labels_checked = check_listed_labels(self.trainer, lambda labels: self.targets({"label": labels}))
 
     def _loss(self, logits: dict[str, torch.Tensor], targets: dict[str, torch.Tensor], views: int) -> torch.Tensor:
         # The heads are independent: the sum gives each its own unscaled gradient; logged as the mean.

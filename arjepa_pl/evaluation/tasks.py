@@ -39,15 +39,12 @@ class ProbeTask:
     def targets(self, labels: torch.Tensor, check: bool = True) -> torch.Tensor:
         """This task's class of every label. The range checks read the labels back to the host (on a
         GPU, a wait for the device): `check=False` skips them for labels known to be in range."""
-        if not check:
-            classes = labels // self.divisor
-            return classes % self.modulo if self.modulo is not None else classes
-        if labels.numel() and int(labels.min()) < 0:
+        if check and labels.numel() and int(labels.min()) < 0:
             raise ValueError(f"task {self.name!r}: labels must be >= 0, got {int(labels.min())}")
         classes = labels // self.divisor
         if self.modulo is not None:
             classes = classes % self.modulo
-        if classes.numel() and int(classes.max()) >= self.num_classes:
+        if check and classes.numel() and int(classes.max()) >= self.num_classes:
             i = int((classes >= self.num_classes).nonzero()[0])
             raise ValueError(f"task {self.name!r}: label {int(labels[i])} gives class {int(classes[i])}, outside its "
                              f"{self.num_classes} classes (check num_classes / divisor / modulo)")
@@ -87,11 +84,11 @@ def check_listed_labels(trainer: Any, check: Callable[[torch.Tensor], Any]) -> b
     not check each training batch's labels, which reads them back to the host: on a GPU a wait every
     step. False when the training data does not come from a data module that lists its labels, or it
     cannot read them (its own check reports that)."""
-    datamodule = getattr(trainer, "datamodule", None)
-    # A trainer keeps the data module of an earlier fit: it counts only if it serves this fit's batches.
+    # What serves this fit's training batches (a data module, the model or loaders), not
+    # trainer.datamodule: a trainer keeps the data module of an earlier fit.
     serving = getattr(getattr(getattr(trainer, "fit_loop", None), "_data_source", None), "instance", None)
-    labels_of = getattr(datamodule, "label_values", None)
-    if serving is None or serving is not datamodule or not callable(labels_of):
+    labels_of = getattr(serving, "label_values", None)
+    if not callable(labels_of):
         return False
     try:
         labels = torch.tensor(labels_of(), dtype=torch.long)
